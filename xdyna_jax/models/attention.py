@@ -1,0 +1,146 @@
+"""One attention function and the attention modules built on it.
+
+``attention(q, k, v, heads, backend)`` is the only place where softmax(QK^T/sqrt(d))V is
+computed. Backends (a config field, never inferred from strings elsewhere):
+  ``xla``   -- einsum with the softmax in float32; exact, runs everywhere.
+  ``cudnn`` -- ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPU, XLA elsewhere).
+Heads split the channel axis with heads as the outer factor, as torch's ``head_to_batch_dim``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from .layers import Dense
+
+
+def attention(q, k, v, heads: int, backend: str = "xla", scale: float | None = None):
+    """q: (..., Lq, C), k/v: (..., Lk, C) -> (..., Lq, C); no mask, scale 1/sqrt(C/heads)."""
+    *lead, lq, c = q.shape
+    lk = k.shape[-2]
+    d = c // heads
+    scale = d ** -0.5 if scale is None else scale
+    qh = q.reshape((-1, lq, heads, d))
+    kh = k.reshape((-1, lk, heads, d))
+    vh = v.reshape((-1, lk, heads, d))
+    if backend == "xla":
+        logits = jnp.einsum("bqhd,bkhd->bhqk", qh, kh, preferred_element_type=jnp.float32) * scale
+        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs, vh)
+    elif backend == "cudnn":
+        impl = "cudnn" if (jax.default_backend() == "gpu" and q.dtype in (jnp.float16, jnp.bfloat16)) else None
+        out = jax.nn.dot_product_attention(qh, kh, vh, scale=scale, implementation=impl)
+    else:
+        raise ValueError(f"attention backend must be 'xla' or 'cudnn', got {backend!r}")
+    return out.reshape(tuple(lead) + (lq, c))
+
+
+class SelfAttention(nn.Module):
+    """Spatial ``attn1`` over tokens of one frame, in one of three official flavours.
+
+    ``default``     -- ordinary self-attention (SD1.5).
+    ``mixed_cross`` -- X-Dyna's Dynamics-Adapter: to_out(A(q, k, v)) + to_out_ff(A(q_ff, k_ref, v_ref)),
+                       with k_ref/v_ref the frozen to_k/to_v of frame 0 of each sample.
+    ``first_cross`` -- sparse causal: to_out(A(q, k_ref, v_ref)).
+    Input is (B, F, N, C); frame 0 of each sample is the reference.
+    """
+
+    heads: int
+    mode: str = "mixed_cross"
+    backend: str = "xla"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        dense = lambda name, **kw: Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw)
+        q = dense("to_q", use_bias=False)(x)
+        k = dense("to_k", use_bias=False)(x)
+        v = dense("to_v", use_bias=False)(x)
+        if self.mode in ("mixed_cross", "first_cross"):
+            k_ref = jnp.broadcast_to(k[:, :1], k.shape)
+            v_ref = jnp.broadcast_to(v[:, :1], v.shape)
+        if self.mode == "first_cross":
+            return dense("to_out_0")(attention(q, k_ref, v_ref, self.heads, self.backend))
+        out = dense("to_out_0")(attention(q, k, v, self.heads, self.backend))
+        if self.mode == "default":
+            return out
+        if self.mode != "mixed_cross":
+            raise ValueError(f"unknown attn1 mode {self.mode!r}")
+        q_ff = dense("to_q_ff", use_bias=False)(x)
+        return out + dense("to_out_ff")(attention(q_ff, k_ref, v_ref, self.heads, self.backend))
+
+
+class CrossAttention(nn.Module):
+    """``attn2``: cross-attention to text tokens, plus IP-Adapter decoupled attention.
+
+    With ``num_ip_tokens > 0`` the last ``num_ip_tokens`` context tokens are image tokens:
+    to_out(A(q, to_k(text), to_v(text)) + A(q, to_k_ip(img), to_v_ip(img))), one output bias.
+    x: (..., N, C); context: (..., T, D) broadcastable against x's leading axes.
+    """
+
+    heads: int
+    num_ip_tokens: int = 0
+    backend: str = "xla"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, context):
+        c = x.shape[-1]
+        dense = lambda name, **kw: Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw)
+        n_ip = self.num_ip_tokens
+        if n_ip:
+            if context.shape[-2] <= n_ip:
+                raise ValueError(f"IP-Adapter attention needs text tokens followed by {n_ip} image tokens; "
+                                 f"got a context of {context.shape[-2]} tokens")
+            text, image = context[..., :-n_ip, :], context[..., -n_ip:, :]
+        else:
+            text = context
+        q = dense("to_q", use_bias=False)(x)
+        k = dense("to_k", use_bias=False)(text)
+        v = dense("to_v", use_bias=False)(text)
+        h = attention(q, _bcast(k, q), _bcast(v, q), self.heads, self.backend)
+        if n_ip:
+            k_ip = dense("to_k_ip", use_bias=False)(image)
+            v_ip = dense("to_v_ip", use_bias=False)(image)
+            h = h + attention(q, _bcast(k_ip, q), _bcast(v_ip, q), self.heads, self.backend)
+        return dense("to_out_0")(h)
+
+
+def _bcast(kv, q):
+    """Broadcast per-sample keys (B, T, C) over the extra leading axes of q (B, F, N, C)."""
+    extra = q.ndim - kv.ndim
+    if extra <= 0:
+        return kv
+    kv = kv.reshape(kv.shape[:1] + (1,) * extra + kv.shape[1:])
+    return jnp.broadcast_to(kv, q.shape[:-2] + kv.shape[-2:])
+
+
+class TemporalAttention(nn.Module):
+    """AnimateDiff ``VersatileAttention`` (Temporal_Self): attention over frames at each location.
+
+    x: (B, F, N, C) -> same. ``pe`` (F, C) is added to the (normalised) input before q, k, v.
+    """
+
+    heads: int
+    backend: str = "xla"
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, pe=None):
+        c = x.shape[-1]
+        dense = lambda name, **kw: Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw)
+        h = jnp.swapaxes(x, 1, 2)  # (B, N, F, C): a sequence over frames per location
+        if pe is not None:
+            h = h + pe.astype(h.dtype)
+        q = dense("to_q", use_bias=False)(h)
+        k = dense("to_k", use_bias=False)(h)
+        v = dense("to_v", use_bias=False)(h)
+        out = dense("to_out_0")(attention(q, k, v, self.heads, self.backend))
+        return jnp.swapaxes(out, 1, 2)
