@@ -4,11 +4,11 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from .configs import ControlNetConfig, MotionConfig, ResamplerConfig, UNet3DConfig
+from .configs import ControlNetConfig, ModelsConfig, MotionConfig, ResamplerConfig, UNet3DConfig
 from .unet import UNet3D
 
 __all__ = ["UNet3D", "UNet3DConfig", "MotionConfig", "ControlNet", "ControlNetConfig",
-           "Resampler", "ResamplerConfig", "init_params", "param_shapes", "logical_axes"]
+           "Resampler", "ResamplerConfig", "ModelsConfig", "init_params", "param_shapes", "logical_axes"]
 
 
 def _init(module, rng):

@@ -4,6 +4,8 @@
 computed. Backends (a config field, never inferred from strings elsewhere):
   ``xla``   -- einsum with the softmax in float32; exact, runs everywhere.
   ``cudnn`` -- ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPU, XLA elsewhere).
+``query_chunk > 0`` makes the ``xla`` path attend ``query_chunk`` queries at a time (``lax.map``), so
+the logits never exist for all queries at once: the memory knob for TPU and CPU at full size.
 Heads split the channel axis with heads as the outer factor, as torch's ``head_to_batch_dim``.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ import jax.numpy as jnp
 from .layers import Dense
 
 
-def attention(q, k, v, heads: int, backend: str = "xla", scale: float | None = None):
+def attention(q, k, v, heads: int, backend: str = "xla", scale: float | None = None, query_chunk: int = 0):
     """q: (..., Lq, C), k/v: (..., Lk, C) -> (..., Lq, C); no mask, scale 1/sqrt(C/heads)."""
     *lead, lq, c = q.shape
     lk = k.shape[-2]
@@ -27,9 +29,18 @@ def attention(q, k, v, heads: int, backend: str = "xla", scale: float | None = N
     kh = k.reshape((-1, lk, heads, d))
     vh = v.reshape((-1, lk, heads, d))
     if backend == "xla":
-        logits = jnp.einsum("bqhd,bkhd->bhqk", qh, kh, preferred_element_type=jnp.float32) * scale
-        probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs, vh)
+        def attend(qc):
+            logits = jnp.einsum("bqhd,bkhd->bhqk", qc, kh, preferred_element_type=jnp.float32) * scale
+            probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+            return jnp.einsum("bhqk,bkhd->bqhd", probs, vh)
+
+        if 0 < query_chunk < lq:
+            n = -(-lq // query_chunk)
+            qp = jnp.pad(qh, ((0, 0), (0, n * query_chunk - lq), (0, 0), (0, 0)))
+            qp = jnp.moveaxis(qp.reshape((qh.shape[0], n, query_chunk, heads, d)), 1, 0)
+            out = jnp.moveaxis(jax.lax.map(attend, qp), 0, 1).reshape((qh.shape[0], -1, heads, d))[:, :lq]
+        else:
+            out = attend(qh)
     elif backend == "cudnn":
         impl = "cudnn" if (jax.default_backend() == "gpu" and q.dtype in (jnp.float16, jnp.bfloat16)) else None
         out = jax.nn.dot_product_attention(qh, kh, vh, scale=scale, implementation=impl)
@@ -53,6 +64,10 @@ class SelfAttention(nn.Module):
     backend: str = "xla"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    query_chunk: int = 0
+
+    def attend(self, q, k, v):
+        return attention(q, k, v, self.heads, self.backend, query_chunk=self.query_chunk)
 
     @nn.compact
     def __call__(self, x):
@@ -65,14 +80,14 @@ class SelfAttention(nn.Module):
             k_ref = jnp.broadcast_to(k[:, :1], k.shape)
             v_ref = jnp.broadcast_to(v[:, :1], v.shape)
         if self.mode == "first_cross":
-            return dense("to_out_0")(attention(q, k_ref, v_ref, self.heads, self.backend))
-        out = dense("to_out_0")(attention(q, k, v, self.heads, self.backend))
+            return dense("to_out_0")(self.attend(q, k_ref, v_ref))
+        out = dense("to_out_0")(self.attend(q, k, v))
         if self.mode == "default":
             return out
         if self.mode != "mixed_cross":
             raise ValueError(f"unknown attn1 mode {self.mode!r}")
         q_ff = dense("to_q_ff", use_bias=False)(x)
-        return out + dense("to_out_ff")(attention(q_ff, k_ref, v_ref, self.heads, self.backend))
+        return out + dense("to_out_ff")(self.attend(q_ff, k_ref, v_ref))
 
 
 class CrossAttention(nn.Module):
@@ -88,6 +103,10 @@ class CrossAttention(nn.Module):
     backend: str = "xla"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    query_chunk: int = 0
+
+    def attend(self, q, k, v):
+        return attention(q, k, v, self.heads, self.backend, query_chunk=self.query_chunk)
 
     @nn.compact
     def __call__(self, x, context):
@@ -104,11 +123,11 @@ class CrossAttention(nn.Module):
         q = dense("to_q", use_bias=False)(x)
         k = dense("to_k", use_bias=False)(text)
         v = dense("to_v", use_bias=False)(text)
-        h = attention(q, _bcast(k, q), _bcast(v, q), self.heads, self.backend)
+        h = self.attend(q, _bcast(k, q), _bcast(v, q))
         if n_ip:
             k_ip = dense("to_k_ip", use_bias=False)(image)
             v_ip = dense("to_v_ip", use_bias=False)(image)
-            h = h + attention(q, _bcast(k_ip, q), _bcast(v_ip, q), self.heads, self.backend)
+            h = h + self.attend(q, _bcast(k_ip, q), _bcast(v_ip, q))
         return dense("to_out_0")(h)
 
 
@@ -131,6 +150,10 @@ class TemporalAttention(nn.Module):
     backend: str = "xla"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    query_chunk: int = 0
+
+    def attend(self, q, k, v):
+        return attention(q, k, v, self.heads, self.backend, query_chunk=self.query_chunk)
 
     @nn.compact
     def __call__(self, x, pe=None):
@@ -142,5 +165,5 @@ class TemporalAttention(nn.Module):
         q = dense("to_q", use_bias=False)(h)
         k = dense("to_k", use_bias=False)(h)
         v = dense("to_v", use_bias=False)(h)
-        out = dense("to_out_0")(attention(q, k, v, self.heads, self.backend))
+        out = dense("to_out_0")(self.attend(q, k, v))
         return jnp.swapaxes(out, 1, 2)

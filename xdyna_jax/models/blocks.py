@@ -38,6 +38,7 @@ class BlockSpec:
     motion: MotionConfig = MotionConfig()
     backend: str = "xla"
     remat: bool = False
+    query_chunk: int = 0
 
 
 def _remat(cls, spec: BlockSpec):
@@ -84,9 +85,9 @@ class TransformerBlock(nn.Module):
     @nn.compact
     def __call__(self, h, context):  # h (B, F, N, C), context (B, T, D)
         s, kw = self.spec, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = h + SelfAttention(self.heads, s.attn1_mode, s.backend, name="attn1", **kw)(
+        h = h + SelfAttention(self.heads, s.attn1_mode, s.backend, name="attn1", query_chunk=s.query_chunk, **kw)(
             LayerNorm(name="norm1", **kw)(h))
-        h = h + CrossAttention(self.heads, s.num_ip_tokens, s.backend, name="attn2", **kw)(
+        h = h + CrossAttention(self.heads, s.num_ip_tokens, s.backend, name="attn2", query_chunk=s.query_chunk, **kw)(
             LayerNorm(name="norm2", **kw)(h), context)
         return h + FeedForward(name="ff", **kw)(LayerNorm(name="norm3", **kw)(h))
 

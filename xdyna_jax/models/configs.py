@@ -77,6 +77,7 @@ class UNet3DConfig:
     dtype: DType = "float32"
     param_dtype: DType = "float32"
     attention_backend: AttentionBackend = "xla"
+    attention_query_chunk: int = 0  # > 0: xla attention over query chunks (bounded memory)
     remat: bool = False
 
     def __post_init__(self):
@@ -199,6 +200,7 @@ class ControlNetConfig:
     dtype: DType = "float32"
     param_dtype: DType = "float32"
     attention_backend: AttentionBackend = "xla"
+    attention_query_chunk: int = 0  # > 0: xla attention over query chunks (bounded memory)
     remat: bool = False
 
     @classmethod
@@ -266,3 +268,13 @@ class ResamplerConfig:
     def tiny(cls, **kw) -> "ResamplerConfig":
         base = cls(dim=32, depth=2, dim_head=8, heads=4, num_queries=4, embedding_dim=40, output_dim=48)
         return dataclasses.replace(base, **kw)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelsConfig:
+    """The whole X-Dyna network set: ``configs/sd15.yaml`` (full size) and ``configs/tiny.yaml``."""
+
+    unet: UNet3DConfig = UNet3DConfig()
+    pose_controlnet: ControlNetConfig = ControlNetConfig()
+    face_controlnet: ControlNetConfig | None = ControlNetConfig(conditioning_channels=6)
+    resampler: ResamplerConfig = ResamplerConfig()

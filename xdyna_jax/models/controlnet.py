@@ -66,7 +66,8 @@ class ControlNet(nn.Module):
         h = h + ConditioningEmbedding(cfg.block_out_channels[0], cfg.conditioning_embedding_out_channels,
                                       name="controlnet_cond_embedding", **kw)(controlnet_cond.astype(dtype)[:, None])
         common = dict(groups=cfg.norm_num_groups, eps=cfg.norm_eps, inflated_gn=True,
-                      linear_projection=cfg.use_linear_projection, backend=cfg.attention_backend, remat=cfg.remat)
+                      linear_projection=cfg.use_linear_projection, backend=cfg.attention_backend, remat=cfg.remat,
+                      query_chunk=cfg.attention_query_chunk)
         skips = [h]
         nblocks = len(cfg.block_out_channels)
         for i, btype in enumerate(cfg.down_block_types):

@@ -1,0 +1,231 @@
+"""``python -m xdyna_jax.porting convert|export|inspect``.
+
+  convert --kind unet --init animatediff_v15_v1_ipplus.pth --checkpoint unet-checkpoint-epoch-5.ckpt --out DIR
+  convert --kind unet --sd15 unet/diffusion_pytorch_model.safetensors [--seed 0] --out DIR
+  convert --kind unet|controlnet|resampler --checkpoint FILE_OR_DIFFUSERS_DIR --out DIR
+  export  --kind unet --params DIR --out unet.safetensors [--dtype float16]
+  inspect FILE_OR_DIFFUSERS_DIR
+
+``convert`` writes DIR/params (an Orbax checkpoint of the param tree), DIR/config.yaml (the model
+config, ``xdyna_jax.config`` format) and, for a composed UNet, DIR/report.txt. The model config
+comes from ``--config`` (our YAML, or a diffusers ``config.json`` plus ``--xdyna-yaml`` for the
+UNet's ``unet_additional_kwargs``), else a preset (``--preset sd15`` by default; a ControlNet
+folder's own config.json or its conditioning channels are used when no config is given).
+``--set key=value`` overrides any config field (``--set param_dtype=bfloat16``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import yaml
+
+from xdyna_jax import config as config_lib
+
+from .io import PortingError, find_diffusers_weights, read_raw, read_state_dict, to_numpy, write_safetensors
+
+KINDS = ("unet", "controlnet", "resampler")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def _config_class(kind: str):
+    from xdyna_jax import models
+
+    return {"unet": models.UNet3DConfig, "controlnet": models.ControlNetConfig,
+            "resampler": models.ResamplerConfig}[kind]
+
+
+def load_model_config(kind: str, path: str | None, xdyna_yaml: str | None = None,
+                      preset: str = "sd15", overrides=()) -> Any:
+    """The model config of ``kind`` from our YAML, a diffusers config.json (+ x_dyna.yaml), or a preset."""
+    cls = _config_class(kind)
+    if path is not None and Path(path).suffix == ".json":
+        if not hasattr(cls, "from_diffusers"):
+            raise PortingError(f"{path}: a {kind} config cannot be read from a diffusers config.json")
+        extra: Mapping[str, Any] = {}
+        if xdyna_yaml is not None:
+            try:
+                extra = yaml.safe_load(Path(xdyna_yaml).read_text()) or {}
+            except (OSError, yaml.YAMLError) as e:
+                raise PortingError(f"{xdyna_yaml}: cannot read ({e})") from e
+            # x_dyna.yaml keeps the UNet kwargs under unet_additional_kwargs; a bare mapping also works
+            extra = extra.get("unet_additional_kwargs", extra)
+        try:
+            cfg = cls.from_diffusers(json.loads(Path(path).read_text()), **extra)
+        except (OSError, json.JSONDecodeError, ValueError, TypeError) as e:
+            raise PortingError(f"{path}: {e}") from e
+        return config_lib.load(cls, None, overrides, defaults=cfg) if overrides else cfg
+    if xdyna_yaml is not None:
+        raise PortingError("--xdyna-yaml goes with a diffusers config.json given to --config")
+    if path is not None and preset != "sd15":
+        raise PortingError("give either --config or --preset")
+    if path is not None:
+        return config_lib.load(cls, path, overrides)
+    return config_lib.load(cls, None, overrides, defaults=getattr(cls, preset)())
+
+
+def _convert(args) -> None:
+    from . import loaders
+    from .convert import params_from_torch
+
+    # a ControlNet without any config given takes its folder's config.json or its weights' channels
+    given = args.config is not None or args.set or args.preset is not None
+    cfg = load_model_config(args.kind, args.config, args.xdyna_yaml, args.preset or "sd15", args.set) \
+        if (given or args.kind != "controlnet") else None
+    report = None
+    if args.kind == "unet" and args.sd15:
+        if args.checkpoint or args.init:
+            raise PortingError("--sd15 takes no --checkpoint or --init")
+        import jax
+
+        state = read_state_dict(args.sd15)
+        params, init_report = loaders.unet_params_from_sd15(state, cfg, jax.random.key(args.seed))
+        n_copied = sum(v.startswith("copy") for v in init_report.values())
+        report = "\n".join([f"{len(init_report)} params not in SD1.5: {n_copied} copied, "
+                             f"{len(init_report) - n_copied} initialised (seed {args.seed})"]
+                            + [f"  {k}: {v}" for k, v in sorted(init_report.items())])
+    elif args.init:
+        if args.kind != "unet" or not args.checkpoint:
+            raise PortingError("--init is for --kind unet, together with --checkpoint")
+        params, unet_report = loaders.load_xdyna_unet(args.checkpoint, args.init, cfg)
+        report = str(unet_report)
+    elif not args.checkpoint:
+        raise PortingError("nothing to convert: give --checkpoint (or --init/--sd15 for the UNet)")
+    elif args.kind == "controlnet":
+        params, cfg = loaders.load_controlnet(args.checkpoint, cfg)
+    elif args.kind == "resampler":
+        params, cfg = loaders.load_resampler(args.checkpoint, cfg)
+    else:
+        params = params_from_torch(read_state_dict(args.checkpoint), cfg, where=args.checkpoint)
+    out = Path(args.out).absolute()
+    save_params(params, out / "params", force=args.force)
+    (out / "config.yaml").write_text(yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
+    if report is not None:
+        (out / "report.txt").write_text(report + "\n")
+        print(report.splitlines()[0])
+    n = sum(int(np.prod(v.shape)) for v in _leaves(params))
+    print(f"wrote {out} ({len(_leaves(params))} params, {n:,} values)")
+
+
+def _leaves(tree):
+    import jax
+
+    return jax.tree_util.tree_leaves(tree)
+
+
+def save_params(params, path: Path, force: bool = False) -> None:
+    import orbax.checkpoint as ocp
+
+    if path.exists() and not force:
+        raise PortingError(f"{path} exists (use --force to overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(path, params, force=force)
+
+
+def restore_params(path: Path):
+    import orbax.checkpoint as ocp
+
+    if not path.is_dir():
+        raise PortingError(f"{path}: no Orbax checkpoint here")
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(path.absolute())
+
+
+def _export(args) -> None:
+    from .convert import params_to_torch
+
+    src = Path(args.params)
+    cfg_path = args.config or src / "config.yaml"
+    cfg = load_model_config(args.kind, str(cfg_path), args.xdyna_yaml, overrides=args.set)
+    params = restore_params(src / "params" if (src / "params").is_dir() else src)
+    dtype = None
+    if args.dtype is not None:
+        import jax.numpy as jnp
+
+        dtype = np.dtype(getattr(jnp, args.dtype))
+    state = params_to_torch(params, cfg, dtype=dtype)
+    write_safetensors(state, args.out, metadata={"format": "pt", "source": "xdyna_jax"})
+    print(f"wrote {args.out} ({len(state)} tensors)")
+
+
+def _inspect(args) -> None:
+    path = Path(args.file)
+    if path.is_dir():
+        path = find_diffusers_weights(path)
+    raw = read_raw(path)
+    if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
+        raw = raw["state_dict"]
+    if not isinstance(raw, Mapping):
+        raise PortingError(f"{path}: holds a {type(raw).__name__}, not a dict of tensors")
+    rows = []
+
+    def walk(d: Mapping, prefix: str):
+        for k, v in d.items():
+            if isinstance(v, Mapping):
+                walk(v, f"{prefix}{k}/")
+            else:
+                try:
+                    a = to_numpy(v)
+                except TypeError:
+                    rows.append((f"{prefix}{k}", "-", type(v).__name__))
+                    continue
+                rows.append((f"{prefix}{k}", str(tuple(a.shape)), str(a.dtype)))
+
+    walk(raw, "")
+    for k, s, d in rows:
+        print(f"{k}\t{s}\t{d}")
+    print(f"# {len(rows)} entries in {path}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m xdyna_jax.porting", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def config_args(sp):
+        sp.add_argument("--kind", choices=KINDS, required=True)
+        sp.add_argument("--config", help="our model-config YAML, or a diffusers config.json")
+        sp.add_argument("--xdyna-yaml", help="x_dyna.yaml (unet_additional_kwargs) to go with a config.json")
+        sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+
+    c = sub.add_parser("convert", help="official checkpoint(s) -> Orbax params + config.yaml")
+    config_args(c)
+    c.add_argument("--preset", choices=("sd15", "tiny"),
+                   help="config when --config is not given (default sd15; a ControlNet reads its own)")
+    c.add_argument("--checkpoint", help="state dict file (or a diffusers folder for a ControlNet)")
+    c.add_argument("--init", help="UNet init file (animatediff_v15_v1_ipplus.pth) to overlay --checkpoint on")
+    c.add_argument("--sd15", help="plain SD1.5 UNet weights: start a fresh X-Dyna UNet from them")
+    c.add_argument("--seed", type=int, default=0, help="init seed of the new layers with --sd15")
+    c.add_argument("--out", required=True, help="output directory")
+    c.add_argument("--force", action="store_true", help="overwrite an existing output")
+    c.set_defaults(func=_convert)
+
+    e = sub.add_parser("export", help="Orbax params -> official-named .safetensors")
+    config_args(e)
+    e.add_argument("--params", required=True, help="directory written by convert (or an Orbax params dir)")
+    e.add_argument("--out", required=True, help="output .safetensors file")
+    e.add_argument("--dtype", choices=DTYPES, help="cast every tensor (default: keep the param dtypes)")
+    e.set_defaults(func=_export)
+
+    i = sub.add_parser("inspect", help="list the keys, shapes and dtypes of a checkpoint")
+    i.add_argument("file")
+    i.set_defaults(func=_inspect)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, OSError) as e:  # PortingError and ConfigError are ValueErrors
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

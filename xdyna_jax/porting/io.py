@@ -1,0 +1,134 @@
+"""Reading and writing official state dicts as ``{key: np.ndarray}``.
+
+Formats: ``.safetensors`` (read with safetensors' numpy backend, no torch needed) and torch pickles
+``.ckpt`` / ``.pth`` / ``.pt`` / ``.bin`` (torch is imported only for those, and loaded with
+``weights_only=True`` so a pickle cannot run code).
+
+Dtypes are kept exactly: float16 stays float16, and bfloat16 becomes ``ml_dtypes.bfloat16`` (the
+numpy bfloat16 that JAX itself uses), so nothing is rounded or widened here; the converters cast to
+the model's param dtype.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+PICKLE_SUFFIXES = (".ckpt", ".pth", ".pt", ".bin")
+
+
+class PortingError(ValueError):
+    """A checkpoint does not fit the model (or cannot be read); the message names what and where."""
+
+
+def read_state_dict(path: str | Path, select: str | None = None) -> dict[str, np.ndarray]:
+    """Read an official state dict from a file.
+
+    Unwraps a ``"state_dict"`` wrapper, strips a leading ``"module."`` (DistributedDataParallel) from
+    keys, and with ``select`` returns that sub-dict (``"image_proj"`` of an IP-Adapter ``.bin``).
+    A ``select`` key that is absent is an error; a file that holds nothing but tensors is returned as is.
+    """
+    return unwrap(read_raw(path), select=select, where=str(path))
+
+
+def read_raw(path: str | Path) -> Any:
+    """The file's top-level object as stored (tensors still torch tensors for pickles)."""
+    path = Path(path)
+    if not path.is_file():
+        raise PortingError(f"{path}: no such file")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        return _read_pickle(path)
+    raise PortingError(f"{path}: unknown checkpoint format {path.suffix!r} "
+                       f"(expected .safetensors or one of {', '.join(PICKLE_SUFFIXES)})")
+
+
+def unwrap(raw: Mapping[str, Any], select: str | None = None, where: str = "state dict") -> dict[str, np.ndarray]:
+    """The dict-level unwrapping of ``read_state_dict``, usable on an in-memory dict."""
+    if not isinstance(raw, Mapping):
+        raise PortingError(f"{where}: expected a dict of tensors, found {type(raw).__name__}")
+    if "state_dict" in raw and isinstance(raw["state_dict"], Mapping):
+        raw = raw["state_dict"]
+    if select is not None:
+        if select not in raw or not isinstance(raw[select], Mapping):
+            raise PortingError(f"{where}: no {select!r} sub-dict (top-level keys: {sorted(raw)[:10]})")
+        raw = raw[select]
+    out: dict[str, np.ndarray] = {}
+    for k, v in raw.items():
+        if not isinstance(k, str):
+            raise PortingError(f"{where}: non-string key {k!r}")
+        # only a leading prefix: "motion_modules." must never be touched
+        name = k[len("module."):] if k.startswith("module.") else k
+        if name in out:
+            raise PortingError(f"{where}: key {name!r} occurs both with and without the 'module.' prefix")
+        try:
+            out[name] = to_numpy(v)
+        except TypeError as e:
+            raise PortingError(f"{where}: key {k!r}: {e}") from e
+    return out
+
+
+def to_numpy(v: Any) -> np.ndarray:
+    """A torch tensor or array-like -> numpy, dtype kept (bfloat16 via ``ml_dtypes``)."""
+    if isinstance(v, np.ndarray):
+        return v
+    if type(v).__module__.startswith("torch"):
+        import torch
+
+        if not isinstance(v, torch.Tensor):
+            raise TypeError(f"expected a tensor, found {type(v).__name__}")
+        t = v.detach().cpu().contiguous()
+        if t.dtype == torch.bfloat16:
+            import ml_dtypes
+
+            # numpy has no bfloat16; reinterpret the bits instead of rounding through float32
+            return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+        return t.numpy()
+    if hasattr(v, "__array__"):
+        return np.asarray(v)
+    raise TypeError(f"expected a tensor, found {type(v).__name__}")
+
+
+def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise PortingError(f"{path}: cannot read safetensors file ({e})") from e
+
+
+def _read_pickle(path: Path) -> Any:
+    try:
+        import torch
+    except ImportError as e:
+        raise PortingError(f"{path}: reading torch pickles needs torch installed "
+                           f"(or convert the file to .safetensors)") from e
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... by version; report any
+        raise PortingError(
+            f"{path}: torch.load(weights_only=True) failed ({type(e).__name__}: {str(e).splitlines()[0]}); "
+            f"the file holds more than tensors and plain containers. If you trust it, re-save its "
+            f"state dict with torch.save(torch.load(f, weights_only=False)['state_dict'], ...)") from e
+
+
+def write_safetensors(state: Mapping[str, np.ndarray], path: str | Path, metadata: Mapping[str, str] | None = None):
+    from safetensors.numpy import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path),
+              metadata=dict(metadata) if metadata else None)
+
+
+def find_diffusers_weights(folder: str | Path) -> Path:
+    """The weight file of a diffusers model folder (safetensors preferred, as diffusers does)."""
+    folder = Path(folder)
+    for name in ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    raise PortingError(f"{folder}: no diffusion_pytorch_model.safetensors or .bin in this folder")

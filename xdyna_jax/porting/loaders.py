@@ -1,0 +1,220 @@
+"""File-level loaders that compose official checkpoints the way the official code does (spec §6.1).
+
+* ``load_xdyna_unet``: init file (``animatediff_v15_v1_ipplus.pth``) with ``to_q_ff <- to_q``, then the
+  X-Dyna UNet checkpoint overlaid; reports which keys came only from the init file.
+* ``unet_params_from_sd15``: a fresh X-Dyna UNet from a plain diffusers SD1.5 UNet.
+* ``load_controlnet``: an X-Dyna ``.ckpt`` or a diffusers folder.
+* ``load_resampler``: ``ip-adapter-plus_sd15.bin["image_proj"]`` (or a bare state dict).
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import zlib
+from pathlib import Path
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from . import names
+from .convert import buffer_problems, flat_param_shapes, official_entries, params_from_torch
+from .io import PortingError, find_diffusers_weights, read_raw, read_state_dict, unwrap
+
+_TO_Q = ".attn1.to_q.weight"
+_TO_Q_FF = ".attn1.to_q_ff.weight"
+
+
+@dataclasses.dataclass
+class UNetLoadReport:
+    """Where each UNet tensor came from (``pe`` buffers are recomputed and not listed)."""
+
+    init_only: list[str]          # params taken from the init file (the checkpoint lacks them)
+    copied_to_q_ff: list[str]     # to_q_ff keys filled from the init file's attn1.to_q
+    ignored_init_keys: list[str]  # init keys the model does not have (ignored, as strict=False does)
+    from_checkpoint: int          # number of params taken from the checkpoint
+
+    def __str__(self) -> str:
+        lines = [f"{self.from_checkpoint} params from the checkpoint, {len(self.init_only)} only from the init file"]
+        lines += [f"  init only: {k}" for k in self.init_only]
+        lines += [f"  ignored init key: {k}" for k in self.ignored_init_keys]
+        return "\n".join(lines)
+
+
+def _param_keys(cfg) -> list[str]:
+    return [e.key for e in official_entries(cfg) if not e.buffer]
+
+
+def load_xdyna_unet(checkpoint_path, init_path, cfg) -> tuple[dict, UNetLoadReport]:
+    """X-Dyna UNet params: init file, ``attn1.to_q_ff <- attn1.to_q``, checkpoint overlaid.
+
+    As the official loader: unknown keys of the init file are ignored (and reported), unknown keys
+    of the checkpoint are an error. Unlike it, a param found in neither file is an error (the
+    official code would leave it at its random construction value).
+    """
+    init = read_state_dict(init_path)
+    ckpt = read_state_dict(checkpoint_path)
+    return compose_xdyna_unet(ckpt, init, cfg, str(checkpoint_path), str(init_path))
+
+
+def compose_xdyna_unet(ckpt: Mapping[str, np.ndarray], init: Mapping[str, np.ndarray], cfg,
+                       ckpt_name: str = "checkpoint", init_name: str = "init file") -> tuple[dict, UNetLoadReport]:
+    """``load_xdyna_unet`` on in-memory state dicts."""
+    entries = official_entries(cfg)
+    expected = {e.key for e in entries}
+    params = set(_param_keys(cfg))
+    unknown = sorted(set(ckpt) - expected)
+    if unknown:
+        raise PortingError(f"{ckpt_name}: {len(unknown)} unexpected key(s) for {type(cfg).__name__} "
+                           f"(the official loader asserts none): {unknown[:50]}")
+    merged = {k: v for k, v in init.items() if k in expected}
+    # the official from_pretrained_ip copies to_q into the adapter's to_q_ff before loading
+    copied = sorted(k for k in params if k.endswith(_TO_Q_FF) and k.replace(_TO_Q_FF, _TO_Q) in init)
+    for k in copied:
+        merged[k] = init[k.replace(_TO_Q_FF, _TO_Q)]
+    # the init file's own pe buffers are checked too, although the checkpoint may replace them
+    problems = buffer_problems(merged, entries)
+    if problems:
+        raise PortingError(f"{init_name}:\n" + "\n".join(problems))
+    merged.update(ckpt)
+    missing = sorted(params - set(merged))
+    if missing:
+        raise PortingError(f"{len(missing)} UNet param(s) in neither {ckpt_name} nor {init_name}: {missing[:50]}")
+    out = params_from_torch(merged, cfg, where=f"{init_name} + {ckpt_name}")
+    report = UNetLoadReport(init_only=sorted(params - set(ckpt)), copied_to_q_ff=copied,
+                            ignored_init_keys=sorted(set(init) - expected),
+                            from_checkpoint=len(params & set(ckpt)))
+    return out, report
+
+
+def unet_params_from_sd15(state_dict: Mapping[str, np.ndarray], cfg, rng: jax.Array) -> tuple[dict, dict[str, str]]:
+    """A fresh X-Dyna UNet from a plain SD1.5 UNet state dict (diffusers names).
+
+    The layers SD1.5 lacks are initialised as the official training starts them:
+      * ``attn1.to_q_ff``: copy of ``attn1.to_q`` (as ``from_pretrained_ip``);
+      * ``attn2.to_k_ip`` / ``to_v_ip``: copies of ``attn2.to_k`` / ``to_v`` (IP-Adapter's own init,
+        used when no IP-Adapter weights are loaded; load them afterwards to fine-tune from IP-Adapter);
+      * everything else (``attn1.to_out_ff``: torch-default uniform; motion modules, whose
+        ``proj_out`` is zero with ``zero_initialize``): our model init from ``rng``.
+    Returns (params, {initialised key: "copy of <key>" or "init"}). SD1.5 keys the model lacks are an error.
+    """
+    entries = [e for e in official_entries(cfg) if not e.buffer]
+    known = {e.key for e in entries} | {e.key for e in official_entries(cfg) if e.buffer}
+    unknown = sorted(set(state_dict) - known)
+    if unknown:
+        raise PortingError(f"SD1.5 UNet state dict: {len(unknown)} key(s) the X-Dyna UNet does not have: {unknown[:50]}")
+    full = dict(state_dict)
+    report: dict[str, str] = {}
+    copies = {_TO_Q_FF: _TO_Q, ".attn2.to_k_ip.weight": ".attn2.to_k.weight",
+              ".attn2.to_v_ip.weight": ".attn2.to_v.weight"}
+    to_init = []
+    for e in entries:
+        if e.key in full:
+            continue
+        suffix = next((s for s in copies if e.key.endswith(s)), None)
+        src = e.key[: -len(suffix)] + copies[suffix] if suffix else None
+        if src is not None and src in state_dict:
+            full[e.key] = state_dict[src]
+            report[e.key] = f"copy of {src}"
+        else:
+            to_init.append(e)
+    fresh = _fresh_params(cfg, [e.path for e in to_init], rng)
+    for e in to_init:
+        full[e.key] = names.to_torch(fresh[e.path], e.path[-1])
+        report[e.key] = "init"
+    return params_from_torch(full, cfg, where="SD1.5 UNet state dict"), report
+
+
+def _fresh_params(cfg, paths, rng) -> dict[tuple[str, ...], np.ndarray]:
+    """Our init for the UNet params at ``paths``, one small sub-module at a time.
+
+    Initialising the whole UNet would compile ~800 RNG calls in one XLA program (minutes on CPU);
+    the new layers live in two kinds of sub-module, each initialised on its own with a key folded
+    from its path, so the values are the model's own initialisers (zero motion ``proj_out`` included).
+    """
+    flat_shapes = flat_param_shapes(cfg)[0]
+    out: dict[tuple[str, ...], np.ndarray] = {}
+    for path in paths:
+        if path in out:
+            continue
+        mm = next((i for i, c in enumerate(path) if c.startswith("motion_modules_")), None)
+        if mm is not None:
+            prefix = path[: mm + 1]
+            init = _init_fn(cfg, "motion", flat_shapes[prefix + ("temporal_transformer", "proj_in", "kernel")].shape[0])
+        elif "to_out_ff" in path:
+            prefix = path[: path.index("to_out_ff") + 1]
+            init = _init_fn(cfg, "dense", flat_shapes[prefix + ("kernel",)].shape[0])
+        else:
+            raise PortingError(f"no initialiser for {names.path_to_key(path)} (not in the SD1.5 state dict)")
+        key = jax.random.fold_in(rng, zlib.crc32("/".join(prefix).encode()))
+        sub = init(key)
+        for p, v in traverse_util.flatten_dict(sub).items():
+            if prefix + p not in flat_shapes or tuple(v.shape) != tuple(flat_shapes[prefix + p].shape):
+                raise PortingError(f"sub-module init of {'/'.join(prefix)} gave {'/'.join(p)} {v.shape}, "
+                                   f"which the UNet does not have")
+            out[prefix + p] = np.asarray(v)
+        if path not in out:
+            raise PortingError(f"sub-module init of {'/'.join(prefix)} did not make {'/'.join(path)}")
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _init_fn(cfg, kind: str, c: int):
+    """Jitted init of one UNet sub-module of width ``c`` (cached: each kind and width compiles once)."""
+    import flax.linen as nn
+
+    from xdyna_jax.models.layers import Dense, dtype_of
+    from xdyna_jax.models.motion import MotionModule
+
+    kw = dict(dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype))
+    if kind == "motion":
+        module = MotionModule(cfg.motion_module_kwargs, cfg.attention_backend, **kw)
+        x = jnp.zeros((1, 2, 1, 1, c), jnp.float32)  # frame 0 is the bypassed reference
+    else:
+        module, x = Dense(c, **kw), jnp.zeros((1, c), jnp.float32)
+    return jax.jit(lambda key: nn.unbox(module.init(key, x)["params"]))
+
+
+def _read_config_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise PortingError(f"{path}: cannot read config ({e})") from e
+
+
+def load_controlnet(path, cfg=None) -> tuple[dict, Any]:
+    """ControlNet params from an X-Dyna ``.ckpt``/``.safetensors`` or a diffusers folder.
+
+    Without ``cfg``: a folder's ``config.json`` is used when present; otherwise the SD1.5 config,
+    with ``conditioning_channels`` read from ``controlnet_cond_embedding.conv_in.weight`` (3 for
+    pose, 6 for S-Face). Returns (params, cfg).
+    """
+    from xdyna_jax.models import ControlNetConfig
+
+    path = Path(path)
+    weights = find_diffusers_weights(path) if path.is_dir() else path
+    if cfg is None and path.is_dir() and (path / "config.json").is_file():
+        try:
+            cfg = ControlNetConfig.from_diffusers(_read_config_json(path / "config.json"))
+        except ValueError as e:
+            raise PortingError(f"{path / 'config.json'}: {e}") from e
+    state = read_state_dict(weights)
+    if cfg is None:
+        w = state.get("controlnet_cond_embedding.conv_in.weight")
+        cfg = ControlNetConfig.sd15(**({"conditioning_channels": int(w.shape[1])} if w is not None and w.ndim == 4 else {}))
+    return params_from_torch(state, cfg, where=str(weights)), cfg
+
+
+def load_resampler(path, cfg=None) -> tuple[dict, Any]:
+    """Resampler params from ``ip-adapter-plus_sd15.bin`` (its ``image_proj`` part) or a bare
+    state dict file. Without ``cfg`` the SD1.5 IP-Adapter-Plus config. Returns (params, cfg)."""
+    from xdyna_jax.models import ResamplerConfig
+
+    raw = read_raw(path)
+    select = "image_proj" if isinstance(raw, Mapping) and "image_proj" in raw else None
+    state = unwrap(raw, select=select, where=str(path))
+    cfg = cfg if cfg is not None else ResamplerConfig.sd15()
+    return params_from_torch(state, cfg, where=f"{path}" + (f"[{select!r}]" if select else "")), cfg
