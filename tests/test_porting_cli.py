@@ -15,7 +15,8 @@ from official_weights import official_weights
 from xdyna_jax import config as config_lib
 from xdyna_jax.models import ControlNetConfig, UNet3DConfig
 from xdyna_jax.models.motion import sinusoidal_position_encoding
-from xdyna_jax.porting import official_entries, read_state_dict, write_safetensors
+from xdyna_jax.porting import (load_converted, official_entries, read_state_dict, unet_params_to_torch,
+                               write_safetensors)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,6 +58,9 @@ def test_convert_export_round_trip_unet(tmp_path):
         "--out", tmp_path / "conv")
     assert (tmp_path / "conv" / "params").is_dir()
     assert config_lib.load(UNet3DConfig, tmp_path / "conv" / "config.yaml") == cfg
+    params, loaded_cfg = load_converted(tmp_path / "conv", "unet")
+    assert loaded_cfg == cfg
+    assert_same(unet_params_to_torch(params, cfg), sd)
     cli("export", "--kind", "unet", "--params", tmp_path / "conv", "--out", tmp_path / "back.safetensors")
     assert_same(read_state_dict(tmp_path / "back.safetensors"), sd)
     cli("export", "--kind", "unet", "--params", tmp_path / "conv", "--out", tmp_path / "h.safetensors",

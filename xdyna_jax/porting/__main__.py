@@ -27,22 +27,17 @@ import yaml
 from xdyna_jax import config as config_lib
 
 from .io import PortingError, find_diffusers_weights, read_raw, read_state_dict, to_numpy, write_safetensors
+from .store import KINDS, config_class, restore_params, save_converted
 
-KINDS = ("unet", "controlnet", "resampler")
 DTYPES = ("float32", "float16", "bfloat16")
 
 
-def _config_class(kind: str):
-    from xdyna_jax import models
-
-    return {"unet": models.UNet3DConfig, "controlnet": models.ControlNetConfig,
-            "resampler": models.ResamplerConfig}[kind]
 
 
 def load_model_config(kind: str, path: str | None, xdyna_yaml: str | None = None,
                       preset: str = "sd15", overrides=()) -> Any:
     """The model config of ``kind`` from our YAML, a diffusers config.json (+ x_dyna.yaml), or a preset."""
-    cls = _config_class(kind)
+    cls = config_class(kind)
     if path is not None and Path(path).suffix == ".json":
         if not hasattr(cls, "from_diffusers"):
             raise PortingError(f"{path}: a {kind} config cannot be read from a diffusers config.json")
@@ -102,10 +97,8 @@ def _convert(args) -> None:
     else:
         params = params_from_torch(read_state_dict(args.checkpoint), cfg, where=args.checkpoint)
     out = Path(args.out).absolute()
-    save_params(params, out / "params", force=args.force)
-    (out / "config.yaml").write_text(yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
+    save_converted(out, params, cfg, report, force=args.force)
     if report is not None:
-        (out / "report.txt").write_text(report + "\n")
         print(report.splitlines()[0])
     n = sum(int(np.prod(v.shape)) for v in _leaves(params))
     print(f"wrote {out} ({len(_leaves(params))} params, {n:,} values)")
@@ -115,25 +108,6 @@ def _leaves(tree):
     import jax
 
     return jax.tree_util.tree_leaves(tree)
-
-
-def save_params(params, path: Path, force: bool = False) -> None:
-    import orbax.checkpoint as ocp
-
-    if path.exists() and not force:
-        raise PortingError(f"{path} exists (use --force to overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with ocp.StandardCheckpointer() as ckptr:
-        ckptr.save(path, params, force=force)
-
-
-def restore_params(path: Path):
-    import orbax.checkpoint as ocp
-
-    if not path.is_dir():
-        raise PortingError(f"{path}: no Orbax checkpoint here")
-    with ocp.StandardCheckpointer() as ckptr:
-        return ckptr.restore(path.absolute())
 
 
 def _export(args) -> None:

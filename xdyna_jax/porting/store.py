@@ -1,0 +1,66 @@
+"""The on-disk form of converted weights: ``DIR/params`` (Orbax) + ``DIR/config.yaml``.
+
+``python -m xdyna_jax.porting convert`` writes it; ``load_converted`` reads it back for sampling,
+training or ``export``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from xdyna_jax import config as config_lib
+
+from .io import PortingError
+
+KINDS = ("unet", "controlnet", "resampler")
+
+
+def config_class(kind: str):
+    from xdyna_jax import models
+
+    if kind not in KINDS:
+        raise PortingError(f"unknown model kind {kind!r}; expected one of {KINDS}")
+    return {"unet": models.UNet3DConfig, "controlnet": models.ControlNetConfig,
+            "resampler": models.ResamplerConfig}[kind]
+
+
+def save_params(params, path: Path, force: bool = False) -> None:
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    if path.exists() and not force:
+        raise PortingError(f"{path} exists (use --force to overwrite)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with ocp.StandardCheckpointer() as ckptr:  # writes to a temporary dir, then renames
+        ckptr.save(path, params, force=force)
+
+
+def restore_params(path: Path):
+    import orbax.checkpoint as ocp
+
+    path = Path(path).absolute()
+    if not path.is_dir():
+        raise PortingError(f"{path}: no Orbax checkpoint here")
+    with ocp.StandardCheckpointer() as ckptr:
+        return ckptr.restore(path)
+
+
+def save_converted(out: Path, params, cfg, report: str | None = None, force: bool = False) -> None:
+    """Write DIR/params, DIR/config.yaml and (optionally) DIR/report.txt."""
+    out = Path(out).absolute()
+    save_params(params, out / "params", force=force)
+    (out / "config.yaml").write_text(yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
+    if report is not None:
+        (out / "report.txt").write_text(report + "\n")
+
+
+def load_converted(path: str | Path, kind: str, overrides=()) -> tuple[Any, Any]:
+    """(params, model config) from a directory written by ``convert``."""
+    path = Path(path)
+    cfg_file = path / "config.yaml"
+    if not cfg_file.is_file():
+        raise PortingError(f"{path}: no config.yaml (expected a directory written by `convert`)")
+    cfg = config_lib.load(config_class(kind), cfg_file, overrides)
+    return restore_params(path / "params"), cfg
