@@ -5,6 +5,7 @@ silently falls back to a default.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import types
 import typing
@@ -20,6 +21,13 @@ class ConfigError(ValueError):
     """A config file or override does not fit its dataclass."""
 
 
+@dataclasses.dataclass(frozen=True)
+class _Override:
+    """A ``key=value`` value, parsed once its field's type is known (so ``name=007`` stays a string)."""
+
+    text: str
+
+
 def _field_types(cls) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
@@ -27,6 +35,11 @@ def _field_types(cls) -> dict[str, Any]:
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Turn YAML / override values into the declared field type (tuples for sequences)."""
+    if isinstance(value, _Override):
+        args = typing.get_args(tp)
+        if tp is str or str in args or (typing.get_origin(tp) is typing.Literal and value.text in args):
+            return value.text
+        value = yaml.safe_load(value.text)
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
@@ -54,7 +67,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if len(args) != len(value):
             raise ConfigError(f"{where}: expected {len(args)} items, got {len(value)}")
-        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(args, value)))
+        return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
     if origin is typing.Literal:
         if value not in args:
             raise ConfigError(f"{where}: expected one of {args}, got {value!r}")
@@ -70,6 +83,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
@@ -119,13 +137,14 @@ def _set_path(tree: dict, dotted: str, value: Any) -> None:
 
 
 def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
-    """Apply ``a.b=value`` overrides; values are parsed as YAML (``x=[1,2]``, ``y=true``)."""
-    data = dict(data)
+    """Apply ``a.b=value`` overrides; values are parsed as YAML (``x=[1,2]``, ``y=true``) unless the
+    field is a string."""
+    data = copy.deepcopy(dict(data))
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        _set_path(data, key.strip(), yaml.safe_load(raw))
+        _set_path(data, key.strip(), _Override(raw))
     return data
 
 

@@ -34,15 +34,51 @@ class MotionConfig:
                 raise ValueError(f"motion attention_block_types: only 'Temporal_Self' is supported, got {t!r}")
 
 
-_UNET_DIFFUSERS_IGNORED = {
-    # diffusers bookkeeping and inert options of the official UNet3DConditionModel
-    "_class_name", "_diffusers_version", "_name_or_path", "sample_size", "mid_block_type",
-    "act_fn", "downsample_padding", "mid_block_scale_factor", "dual_cross_attention",
-    "motion_module_type", "use_reference_image_cfg", "cfg_ratio", "class_embed_type",
-    "num_class_embeds", "upcast_attention", "center_input_sample", "use_input_concat",
-    "fuse_first_frame", "only_cross_attention", "resnet_time_scale_shift",
-    "unet_use_temporal_attention",
+# diffusers / X-Dyna options that only exist at one (inert) value here: accepted at that value,
+# refused with a clear error at any other. Bookkeeping keys are dropped.
+_INERT_DEFAULTS: dict[str, tuple] = {
+    "act_fn": ("silu", "swish"), "downsample_padding": (1,), "mid_block_scale_factor": (1, 1.0),
+    "dropout": (0.0, 0), "only_cross_attention": (False, None), "dual_cross_attention": (False, None),
+    "class_embed_type": (None,), "num_class_embeds": (None,), "addition_embed_type": (None,),
+    "addition_time_embed_dim": (None,), "addition_embed_type_num_heads": (64,), "encoder_hid_dim": (None,),
+    "encoder_hid_dim_type": (None,), "projection_class_embeddings_input_dim": (None,),
+    "center_input_sample": (False,), "use_input_concat": (False,), "fuse_first_frame": (False,),
+    "unet_use_temporal_attention": (False, None), "motion_module_type": ("Vanilla", None),
+    "resnet_skip_time_act": (False,), "resnet_out_scale_factor": (1.0, 1), "time_embedding_type": ("positional",),
+    "time_embedding_dim": (None,), "time_embedding_act_fn": (None,), "timestep_post_act": (None,),
+    "time_cond_proj_dim": (None,), "conv_in_kernel": (3,), "conv_out_kernel": (3,), "attention_type": ("default",),
+    "class_embeddings_concat": (False,), "mid_block_only_cross_attention": (None, False),
+    "cross_attention_norm": (None,), "reverse_transformer_layers_per_block": (None,),
+    "mid_block_type": ("UNetMidBlock3DCrossAttn", "UNetMidBlock2DCrossAttn"),
+    "controlnet_conditioning_channel_order": ("rgb",), "global_pool_conditions": (False,),
 }
+# bookkeeping, or options with no effect in float32 (upcast_attention: our softmax is always float32;
+# use_reference_image_cfg / cfg_ratio are stored but never read by the official forward)
+_DROPPED = {"_class_name", "_diffusers_version", "_name_or_path", "_use_default_values", "sample_size",
+            "upcast_attention", "use_reference_image_cfg", "cfg_ratio"}
+
+
+def _common_diffusers_keys(merged: dict) -> dict:
+    """Check inert options, resolve head counts; return the remaining keys."""
+    out = {}
+    for k, v in merged.items():
+        if k in _DROPPED:
+            continue
+        if k in _INERT_DEFAULTS:
+            if v not in _INERT_DEFAULTS[k]:
+                raise ValueError(f"{k}={v!r} is not supported (supported: {_INERT_DEFAULTS[k][0]!r})")
+            continue
+        out[k] = v
+    tl = out.pop("transformer_layers_per_block", 1)
+    if not (tl == 1 or (isinstance(tl, (list, tuple)) and set(tl) == {1})):
+        raise ValueError(f"transformer_layers_per_block={tl!r} is not supported (only 1)")
+    heads = out.pop("num_attention_heads", None)
+    if heads is not None:  # diffusers: num_attention_heads wins; X-Dyna's attention_head_dim means heads
+        out["attention_head_dim"] = heads
+    n = len(out.get("block_out_channels", (0, 0, 0, 0)))
+    if isinstance(out.get("attention_head_dim"), int):
+        out["attention_head_dim"] = (out["attention_head_dim"],) * n
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,56 +149,29 @@ class UNet3DConfig:
 
         As the official ``from_pretrained_ip`` does, 2D block types are read as their 3D versions.
         """
-        merged = {**dict(config), **xdyna_kwargs}
-        if merged.get("only_cross_attention") not in (None, False):
-            raise ValueError("only_cross_attention=True is not supported (the official attn1 forward ignores it)")
-        if merged.get("dual_cross_attention"):
-            raise ValueError("dual_cross_attention is not supported (the official blocks raise NotImplementedError)")
-        if merged.get("unet_use_temporal_attention"):
-            raise ValueError("unet_use_temporal_attention=True is not supported (X-Dyna uses motion modules)")
-        if merged.get("class_embed_type") is not None or merged.get("num_class_embeds") is not None:
-            raise ValueError("class embeddings are not supported")
-        if merged.get("center_input_sample") or merged.get("use_input_concat") or merged.get("fuse_first_frame"):
-            raise ValueError("center_input_sample / use_input_concat / fuse_first_frame are not supported")
-        if merged.get("motion_module_type", "Vanilla") not in (None, "Vanilla"):
-            raise ValueError(f"motion_module_type {merged['motion_module_type']!r}: only 'Vanilla' is supported")
-        for k, expect in (("act_fn", "silu"), ("downsample_padding", 1), ("mid_block_scale_factor", 1),
-                          ("mid_block_type", "UNetMidBlock3DCrossAttn")):
-            v = merged.get(k, expect)
-            if k == "mid_block_type" and v == "UNetMidBlock2DCrossAttn":
-                v = expect
-            if v != expect and not (k == "act_fn" and v == "swish"):
-                raise ValueError(f"{k}={v!r} is not supported (expected {expect!r})")
-        kw: dict[str, Any] = {}
-        fields = {f.name for f in dataclasses.fields(cls)}
-        for k, v in merged.items():
-            if k in _UNET_DIFFUSERS_IGNORED and k not in fields:
-                continue
-            if k == "down_block_types":
-                v = tuple(t.replace("2D", "3D") for t in v)
-            elif k == "up_block_types":
-                v = tuple(t.replace("2D", "3D") for t in v)
-            elif k == "attention_head_dim":
-                v = (v,) * len(merged.get("block_out_channels", cls.block_out_channels)) if isinstance(v, int) else tuple(v)
-            elif k == "motion_module_kwargs":
-                mk = dict(v or {})
-                if mk.get("temporal_attention_dim_div", 1) != 1:
-                    raise ValueError("temporal_attention_dim_div != 1 is not supported (the official module breaks)")
-                mk.pop("temporal_attention_dim_div", None)
-                if mk.get("cross_frame_attention_mode") is not None:
-                    raise ValueError("cross_frame_attention_mode is not supported")
-                mk.pop("cross_frame_attention_mode", None)
-                v = MotionConfig(**{**mk, "attention_block_types": tuple(mk.get(
-                    "attention_block_types", MotionConfig.attention_block_types))})
-            elif k == "unet_use_cross_frame_attention":
-                v = "default" if v in (None, False, "default") else v
-            elif k in ("block_out_channels", "motion_module_resolutions"):
-                v = tuple(v)
-            elif k == "unet_use_ipadapter":
-                v = bool(v)
-            if k not in fields:
-                raise ValueError(f"unknown UNet config key {k!r}")
-            kw[k] = v
+        kw = _common_diffusers_keys({**dict(config), **xdyna_kwargs})
+        for k in ("down_block_types", "up_block_types"):
+            if k in kw:
+                kw[k] = tuple(t.replace("2D", "3D") for t in kw[k])
+        if "motion_module_kwargs" in kw:
+            mk = dict(kw["motion_module_kwargs"] or {})
+            if mk.pop("temporal_attention_dim_div", 1) != 1:
+                raise ValueError("temporal_attention_dim_div != 1 is not supported (the official module breaks)")
+            if mk.pop("cross_frame_attention_mode", None) is not None:
+                raise ValueError("cross_frame_attention_mode is not supported")
+            mk["attention_block_types"] = tuple(mk.get("attention_block_types", MotionConfig.attention_block_types))
+            unknown = sorted(set(mk) - {f.name for f in dataclasses.fields(MotionConfig)})
+            if unknown:
+                raise ValueError(f"unknown motion_module_kwargs key(s) {unknown}")
+            kw["motion_module_kwargs"] = MotionConfig(**mk)
+        if "unet_use_cross_frame_attention" in kw:
+            v = kw["unet_use_cross_frame_attention"]
+            kw["unet_use_cross_frame_attention"] = "default" if v in (None, False, "default") else v
+        if "unet_use_ipadapter" in kw:
+            kw["unet_use_ipadapter"] = bool(kw["unet_use_ipadapter"])
+        unknown = sorted(set(kw) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown UNet config key(s) {unknown}")
         if "use_motion_module" not in kw:
             kw["use_motion_module"] = False  # a plain diffusers config has none
         if "unet_use_ipadapter" not in kw:
@@ -170,16 +179,6 @@ class UNet3DConfig:
         if "unet_use_cross_frame_attention" not in kw:
             kw["unet_use_cross_frame_attention"] = "default"
         return cls(**kw)
-
-
-_CONTROLNET_DIFFUSERS_IGNORED = {
-    "_class_name", "_diffusers_version", "_name_or_path", "act_fn", "downsample_padding",
-    "mid_block_scale_factor", "controlnet_conditioning_channel_order", "upcast_attention",
-    "class_embed_type", "num_class_embeds", "projection_class_embeddings_input_dim",
-    "resnet_time_scale_shift", "only_cross_attention", "global_pool_conditions",
-    "addition_embed_type", "addition_time_embed_dim", "encoder_hid_dim", "encoder_hid_dim_type",
-    "mid_block_type", "num_attention_heads", "transformer_layers_per_block", "sample_size",
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,6 +195,7 @@ class ControlNetConfig:
     flip_sin_to_cos: bool = True
     freq_shift: int = 0
     use_linear_projection: bool = False
+    resnet_time_scale_shift: Literal["default", "scale_shift"] = "default"
     conditioning_embedding_out_channels: tuple[int, ...] = (16, 32, 96, 256)
     dtype: DType = "float32"
     param_dtype: DType = "float32"
@@ -216,31 +216,10 @@ class ControlNetConfig:
 
     @classmethod
     def from_diffusers(cls, config: Mapping[str, Any], **overrides) -> "ControlNetConfig":
-        merged = {**dict(config), **overrides}
-        if merged.get("controlnet_conditioning_channel_order", "rgb") != "rgb":
-            raise ValueError("controlnet_conditioning_channel_order must be 'rgb'")
-        if merged.get("class_embed_type") is not None or merged.get("addition_embed_type") is not None:
-            raise ValueError("class / addition embeddings are not supported")
-        if merged.get("num_attention_heads") is not None:
-            # diffusers: num_attention_heads overrides attention_head_dim (both mean "heads" here)
-            merged["attention_head_dim"] = merged["num_attention_heads"]
-        tl = merged.get("transformer_layers_per_block", 1)
-        if tl not in (1, None) and not (isinstance(tl, (list, tuple)) and set(tl) == {1}):
-            raise ValueError("transformer_layers_per_block != 1 is not supported")
-        if merged.get("only_cross_attention") not in (None, False):
-            raise ValueError("only_cross_attention=True is not supported")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        kw: dict[str, Any] = {}
-        for k, v in merged.items():
-            if k in _CONTROLNET_DIFFUSERS_IGNORED and k not in fields:
-                continue
-            if k not in fields:
-                raise ValueError(f"unknown ControlNet config key {k!r}")
-            if k == "attention_head_dim":
-                v = (v,) * len(merged.get("block_out_channels", cls.block_out_channels)) if isinstance(v, int) else tuple(v)
-            elif isinstance(v, list):
-                v = tuple(v)
-            kw[k] = v
+        kw = _common_diffusers_keys({**dict(config), **overrides})
+        unknown = sorted(set(kw) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"unknown ControlNet config key(s) {unknown}")
         return cls(**kw)
 
 

@@ -66,6 +66,7 @@ class ControlNet(nn.Module):
         h = h + ConditioningEmbedding(cfg.block_out_channels[0], cfg.conditioning_embedding_out_channels,
                                       name="controlnet_cond_embedding", **kw)(controlnet_cond.astype(dtype)[:, None])
         common = dict(groups=cfg.norm_num_groups, eps=cfg.norm_eps, inflated_gn=True,
+                      time_scale_shift=cfg.resnet_time_scale_shift,
                       linear_projection=cfg.use_linear_projection, backend=cfg.attention_backend, remat=cfg.remat,
                       query_chunk=cfg.attention_query_chunk)
         skips = [h]

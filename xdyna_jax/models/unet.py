@@ -12,7 +12,6 @@ returns (B, F, H, W, C_out).
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Sequence
 
 import flax.linen as nn

@@ -1,0 +1,51 @@
+# Quick start:  make sample   |   make test [PYTEST_ARGS="-k attention -x"]
+# Each target creates .venv (python3 -m venv) when missing and installs the package into it;
+# the install is redone only when setup.cfg / pyproject.toml change (stamp files in .venv).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+DEPS   := setup.cfg pyproject.toml
+
+PYTEST_ARGS ?=
+SAMPLE_ARGS ?=
+TEST_XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+
+export PYTHONUNBUFFERED := 1
+
+.PHONY: sample test install install-test clean-venv help
+
+help:
+	@echo "make sample        create .venv, pip install -e ., run sample.py (args: SAMPLE_ARGS=...)"
+	@echo "make test          create .venv, pip install -e '.[test]', run pytest (args: PYTEST_ARGS=...)"
+	@echo "make install       only the package install;  make install-test: with the test extra"
+	@echo "make clean-venv    remove .venv"
+
+sample: $(VENV)/.installed-sample
+	$(PY) sample.py $(SAMPLE_ARGS)
+
+# pytest's exit code 5 (no tests collected) fails like any other; make itself then exits 2.
+test: $(VENV)/.installed-test
+	@echo 'XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q $(PYTEST_ARGS)'
+	@rc=0; XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: FAILED: pytest collected no tests (exit code 5)" >&2; fi; \
+	exit $$rc
+
+install: $(VENV)/.installed-sample
+install-test: $(VENV)/.installed-test
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-sample: $(DEPS) | $(PY)
+	$(PIP) install -e .
+	touch $@
+
+# The test extra is a superset of the plain install, so it satisfies `make sample` too.
+$(VENV)/.installed-test: $(DEPS) | $(PY)
+	$(PIP) install -e ".[test]"
+	touch $@ $(VENV)/.installed-sample
+
+clean-venv:
+	rm -rf $(VENV)
