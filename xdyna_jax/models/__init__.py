@@ -8,7 +8,9 @@ from .configs import ControlNetConfig, ModelsConfig, MotionConfig, ResamplerConf
 from .unet import UNet3D
 
 __all__ = ["UNet3D", "UNet3DConfig", "MotionConfig", "ControlNet", "ControlNetConfig",
-           "Resampler", "ResamplerConfig", "ModelsConfig", "init_params", "param_shapes", "logical_axes"]
+           "Resampler", "ResamplerConfig", "ModelsConfig",
+           "AutoencoderKL", "VAEConfig", "CLIPVisionModel", "CLIPVisionConfig", "CLIPTextModel", "CLIPTextConfig",
+           "init_params", "param_shapes", "logical_axes"]
 
 
 def _init(module, rng):
@@ -30,11 +32,16 @@ def logical_axes(module: nn.Module):
     return nn.get_partition_spec(jax.eval_shape(lambda: _init(module, jax.random.key(0))))
 
 
-def __getattr__(name):  # ControlNet / Resampler import lazily to keep this module light
-    if name in ("ControlNet",):
-        from .controlnet import ControlNet
-        return ControlNet
-    if name in ("Resampler",):
-        from .resampler import Resampler
-        return Resampler
-    raise AttributeError(name)
+_LAZY = {  # name -> submodule; imported on first use to keep `import xdyna_jax.models` light
+    "ControlNet": "controlnet", "Resampler": "resampler",
+    "AutoencoderKL": "vae", "VAEConfig": "vae",
+    "CLIPVisionModel": "clip", "CLIPTextModel": "clip", "CLIPVisionConfig": "clip", "CLIPTextConfig": "clip",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

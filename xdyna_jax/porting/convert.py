@@ -26,14 +26,24 @@ _MAX_LISTED = 50  # keys listed per category in an error; the count is always ex
 
 # --- which model a config belongs to ----------------------------------------------------------
 
+# config class name -> (model class name in xdyna_jax.models, CLI kind)
+MODELS = {
+    "UNet3DConfig": ("UNet3D", "unet"),
+    "ControlNetConfig": ("ControlNet", "controlnet"),
+    "ResamplerConfig": ("Resampler", "resampler"),
+    "VAEConfig": ("AutoencoderKL", "vae"),
+    "CLIPVisionConfig": ("CLIPVisionModel", "clip_vision"),
+    "CLIPTextConfig": ("CLIPTextModel", "clip_text"),
+}
+
+
 def _model(cfg):
     from xdyna_jax import models
 
-    kinds = {models.UNet3DConfig: "UNet3D", models.ControlNetConfig: "ControlNet",
-             models.ResamplerConfig: "Resampler"}
-    if type(cfg) not in kinds:
-        raise TypeError(f"no model for a config of type {type(cfg).__name__}")
-    return getattr(models, kinds[type(cfg)])(cfg)
+    name = type(cfg).__name__
+    if name not in MODELS:
+        raise TypeError(f"no model for a config of type {name}")
+    return getattr(models, MODELS[name][0])(cfg)
 
 
 @functools.lru_cache(maxsize=16)
@@ -186,5 +196,4 @@ def resampler_params_to_torch(params, cfg, dtype=None) -> dict[str, np.ndarray]:
 
 
 def config_kind(cfg) -> str:
-    return {"UNet3DConfig": "unet", "ControlNetConfig": "controlnet",
-            "ResamplerConfig": "resampler"}[type(cfg).__name__]
+    return MODELS[type(cfg).__name__][1]

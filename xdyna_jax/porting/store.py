@@ -14,16 +14,18 @@ from xdyna_jax import config as config_lib
 
 from .io import PortingError
 
-KINDS = ("unet", "controlnet", "resampler")
+from .convert import MODELS
+
+KINDS = tuple(kind for _, kind in MODELS.values())
 
 
 def config_class(kind: str):
     from xdyna_jax import models
 
-    if kind not in KINDS:
+    by_kind = {k: cfg_name for cfg_name, (_, k) in MODELS.items()}
+    if kind not in by_kind:
         raise PortingError(f"unknown model kind {kind!r}; expected one of {KINDS}")
-    return {"unet": models.UNet3DConfig, "controlnet": models.ControlNetConfig,
-            "resampler": models.ResamplerConfig}[kind]
+    return getattr(models, by_kind[kind])
 
 
 def save_params(params, path: Path, force: bool = False) -> None:
