@@ -82,3 +82,20 @@ def test_every_param_has_logical_names_at_full_size():
     assert len(flat_specs) == len(flat_shapes) == 1286
     for spec, s in zip(flat_specs, flat_shapes):
         assert len(spec) == len(s.shape) and all(n is not None for n in spec) or s.shape[0] == 1
+
+
+@needs8
+def test_every_model_maps_onto_the_rule_table():
+    """Each model's logical names are known to RULES, and its big kernels are split over fsdp."""
+    from xdyna_jax.models import (AutoencoderKL, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel,
+                                  ControlNet, ControlNetConfig, Resampler, ResamplerConfig, VAEConfig)
+
+    mesh = make_mesh(MeshConfig(data=2, fsdp=4))
+    for model in (ControlNet(ControlNetConfig.sd15()), Resampler(ResamplerConfig.sd15()),
+                  AutoencoderKL(VAEConfig.sd15()), CLIPVisionModel(CLIPVisionConfig.vit_h14()),
+                  CLIPTextModel(CLIPTextConfig.sd15())):
+        shapes = param_shapes(model)
+        shardings = param_shardings(logical_axes(model), shapes, mesh)
+        for s, sh in zip(jax.tree.leaves(shapes), jax.tree.leaves(shardings)):
+            if np.prod(s.shape) >= 2**20:
+                assert "fsdp" in str(sh.spec), (type(model).__name__, s.shape, sh.spec)

@@ -21,6 +21,7 @@ RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
     ("embed_in", "fsdp"),
     ("embed_out", "tensor"),
+    ("vocab", "fsdp"),  # rows of embedding tables (CLIP token / position embeddings)
     ("conv_h", None),
     ("conv_w", None),
     ("norm", None),

@@ -19,8 +19,12 @@ import jax.numpy as jnp
 from .layers import Dense
 
 
-def attention(q, k, v, heads: int, backend: str = "xla", scale: float | None = None, query_chunk: int = 0):
-    """q: (..., Lq, C), k/v: (..., Lk, C) -> (..., Lq, C); no mask, scale 1/sqrt(C/heads)."""
+def attention(q, k, v, heads: int, backend: str = "xla", scale: float | None = None, query_chunk: int = 0,
+              causal: bool = False):
+    """q: (..., Lq, C), k/v: (..., Lk, C) -> (..., Lq, C); scale 1/sqrt(C/heads).
+
+    No mask, or with ``causal`` query i attends keys j <= i only (CLIP's text encoder).
+    """
     *lead, lq, c = q.shape
     lk = k.shape[-2]
     d = c // heads
@@ -29,8 +33,11 @@ def attention(q, k, v, heads: int, backend: str = "xla", scale: float | None = N
     kh = k.reshape((-1, lk, heads, d))
     vh = v.reshape((-1, lk, heads, d))
     if backend == "xla":
-        def attend(qc):
+        def attend(qc, start=0):
             logits = jnp.einsum("bqhd,bkhd->bhqk", qc, kh, preferred_element_type=jnp.float32) * scale
+            if causal:
+                seen = jnp.arange(lk)[None, :] <= (start + jnp.arange(qc.shape[1]))[:, None]
+                logits = jnp.where(seen, logits, jnp.finfo(jnp.float32).min)
             probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
             return jnp.einsum("bhqk,bkhd->bqhd", probs, vh)
 
@@ -38,12 +45,14 @@ def attention(q, k, v, heads: int, backend: str = "xla", scale: float | None = N
             n = -(-lq // query_chunk)
             qp = jnp.pad(qh, ((0, 0), (0, n * query_chunk - lq), (0, 0), (0, 0)))
             qp = jnp.moveaxis(qp.reshape((qh.shape[0], n, query_chunk, heads, d)), 1, 0)
-            out = jnp.moveaxis(jax.lax.map(attend, qp), 0, 1).reshape((qh.shape[0], -1, heads, d))[:, :lq]
+            starts = jnp.arange(n) * query_chunk
+            out = jax.lax.map(lambda a: attend(*a), (qp, starts))
+            out = jnp.moveaxis(out, 0, 1).reshape((qh.shape[0], -1, heads, d))[:, :lq]
         else:
             out = attend(qh)
     elif backend == "cudnn":
         impl = "cudnn" if (jax.default_backend() == "gpu" and q.dtype in (jnp.float16, jnp.bfloat16)) else None
-        out = jax.nn.dot_product_attention(qh, kh, vh, scale=scale, implementation=impl)
+        out = jax.nn.dot_product_attention(qh, kh, vh, scale=scale, is_causal=causal, implementation=impl)
     else:
         raise ValueError(f"attention backend must be 'xla' or 'cudnn', got {backend!r}")
     return out.reshape(tuple(lead) + (lq, c))

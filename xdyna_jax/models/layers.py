@@ -79,6 +79,7 @@ class Conv(nn.Module):
     stride: int = 1
     padding: int = 1
     zero_init: bool = False
+    use_bias: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -94,14 +95,15 @@ class Conv(nn.Module):
             window_strides=(self.stride, self.stride),
             padding=((self.padding, self.padding), (self.padding, self.padding)),
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        if self.zero_init:
-            binit = nn.initializers.zeros_init()
-        else:
-            def binit(key, shape, dtype=jnp.float32):
-                b = 1.0 / math.sqrt(c * k * k)
-                return jax.random.uniform(key, shape, dtype, -b, b)
-        bias = self.param("bias", _partitioned(binit, ("bias",)), (self.features,), self.param_dtype)
-        y = y + jnp.asarray(bias, self.dtype)
+        if self.use_bias:
+            if self.zero_init:
+                binit = nn.initializers.zeros_init()
+            else:
+                def binit(key, shape, dtype=jnp.float32):
+                    b = 1.0 / math.sqrt(c * k * k)
+                    return jax.random.uniform(key, shape, dtype, -b, b)
+            bias = self.param("bias", _partitioned(binit, ("bias",)), (self.features,), self.param_dtype)
+            y = y + jnp.asarray(bias, self.dtype)
         return y.reshape(lead + y.shape[1:])
 
 

@@ -2,7 +2,8 @@
 
   convert --kind unet --init animatediff_v15_v1_ipplus.pth --checkpoint unet-checkpoint-epoch-5.ckpt --out DIR
   convert --kind unet --sd15 unet/diffusion_pytorch_model.safetensors [--seed 0] --out DIR
-  convert --kind unet|controlnet|resampler --checkpoint FILE_OR_DIFFUSERS_DIR --out DIR
+  convert --kind unet|controlnet|resampler|vae --checkpoint FILE_OR_DIFFUSERS_DIR --out DIR
+  convert --kind clip_vision|clip_text --checkpoint FILE_OR_TRANSFORMERS_DIR --out DIR
   export  --kind unet --params DIR --out unet.safetensors [--dtype float16]
   inspect FILE_OR_DIFFUSERS_DIR
 
@@ -39,7 +40,8 @@ def load_model_config(kind: str, path: str | None, xdyna_yaml: str | None = None
     """The model config of ``kind`` from our YAML, a diffusers config.json (+ x_dyna.yaml), or a preset."""
     cls = config_class(kind)
     if path is not None and Path(path).suffix == ".json":
-        if not hasattr(cls, "from_diffusers"):
+        from_json = getattr(cls, "from_diffusers", None) or getattr(cls, "from_hf", None)  # CLIP: transformers
+        if from_json is None:
             raise PortingError(f"{path}: a {kind} config cannot be read from a diffusers config.json")
         extra: Mapping[str, Any] = {}
         if xdyna_yaml is not None:
@@ -50,7 +52,7 @@ def load_model_config(kind: str, path: str | None, xdyna_yaml: str | None = None
             # x_dyna.yaml keeps the UNet kwargs under unet_additional_kwargs; a bare mapping also works
             extra = extra.get("unet_additional_kwargs", extra)
         try:
-            cfg = cls.from_diffusers(json.loads(Path(path).read_text()), **extra)
+            cfg = from_json(json.loads(Path(path).read_text()), **extra)
         except (OSError, json.JSONDecodeError, ValueError, TypeError) as e:
             raise PortingError(f"{path}: {e}") from e
         return config_lib.load(cls, None, overrides, defaults=cfg) if overrides else cfg
@@ -67,10 +69,10 @@ def _convert(args) -> None:
     from . import loaders
     from .convert import params_from_torch
 
-    # a ControlNet without any config given takes its folder's config.json or its weights' channels
+    # a ControlNet, VAE or CLIP without any config given takes its folder's config.json (ControlNet: or its weights)
     given = args.config is not None or args.set or args.preset is not None
     cfg = load_model_config(args.kind, args.config, args.xdyna_yaml, args.preset or "sd15", args.set) \
-        if (given or args.kind != "controlnet") else None
+        if (given or args.kind not in ("controlnet", "vae", "clip_vision", "clip_text")) else None
     report = None
     if args.kind == "unet" and args.sd15:
         if args.checkpoint or args.init:
@@ -94,6 +96,10 @@ def _convert(args) -> None:
         params, cfg = loaders.load_controlnet(args.checkpoint, cfg)
     elif args.kind == "resampler":
         params, cfg = loaders.load_resampler(args.checkpoint, cfg)
+    elif args.kind == "vae":
+        params, cfg = loaders.load_vae(args.checkpoint, cfg)
+    elif args.kind in ("clip_vision", "clip_text"):
+        params, cfg = getattr(loaders, f"load_{args.kind}")(args.checkpoint, cfg)
     else:
         params = params_from_torch(read_state_dict(args.checkpoint), cfg, where=args.checkpoint)
     out = Path(args.out).absolute()
@@ -169,8 +175,10 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("convert", help="official checkpoint(s) -> Orbax params + config.yaml")
     config_args(c)
     c.add_argument("--preset", choices=("sd15", "tiny"),
-                   help="config when --config is not given (default sd15; a ControlNet reads its own)")
-    c.add_argument("--checkpoint", help="state dict file (or a diffusers folder for a ControlNet)")
+                   help="config when --config is not given (default sd15; a ControlNet, VAE or CLIP folder "
+                        "reads its own)")
+    c.add_argument("--checkpoint", help="state dict file (or a diffusers folder for a ControlNet or VAE, "
+                                        "a transformers folder for clip_vision / clip_text)")
     c.add_argument("--init", help="UNet init file (animatediff_v15_v1_ipplus.pth) to overlay --checkpoint on")
     c.add_argument("--sd15", help="plain SD1.5 UNet weights: start a fresh X-Dyna UNet from them")
     c.add_argument("--seed", type=int, default=0, help="init seed of the new layers with --sd15")

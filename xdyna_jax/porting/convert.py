@@ -5,7 +5,8 @@ structure, shapes and dtypes of ``param_shapes(model)`` (values are cast to ``cf
 Every official param key must be present and none may be unknown: all offenders are listed in one
 ``PortingError``. The motion-module ``pos_encoder.pe`` buffers are recomputed by the model, so on
 import they are optional, and when present they are checked against the formula (atol 1e-3, which
-tolerates fp16 checkpoints).
+tolerates fp16 checkpoints). CLIP's ``position_ids`` buffers (files of older transformers) are
+likewise optional on import, must equal arange when present, and are never exported.
 
 ``*_params_to_torch(params, cfg)`` is the inverse: ``{official key: array in official layout}``,
 with the ``pe`` buffers written from the formula so the file has the full official key set.
@@ -94,11 +95,37 @@ def buffer_problems(state: Mapping[str, np.ndarray], entries) -> list[str]:
     return problems
 
 
+def legacy_buffers(cfg) -> dict[str, np.ndarray]:
+    """Buffers that older checkpoints hold and the model recomputes: CLIP's ``position_ids``
+    (transformers < 4.31 saved them; later versions neither save nor read them). Accepted on import
+    when equal to these values, never exported."""
+    name = type(cfg).__name__
+    if name == "CLIPVisionConfig":
+        return {"vision_model.embeddings.position_ids": np.arange(cfg.num_positions)[None]}
+    if name == "CLIPTextConfig":
+        return {"text_model.embeddings.position_ids": np.arange(cfg.max_position_embeddings)[None]}
+    return {}
+
+
+def legacy_buffer_problems(state: Mapping[str, Any], cfg) -> list[str]:
+    problems = []
+    for k, want in legacy_buffers(cfg).items():
+        if k not in state:
+            continue
+        v = np.asarray(state[k])
+        if v.shape != want.shape:
+            problems.append(f"{k}: expected shape {want.shape}, found {v.shape}")
+        elif not np.array_equal(v.astype(np.float64), want):
+            problems.append(f"{k}: is not arange({want.shape[1]}) (transformers ignores this buffer; "
+                            f"drop the key to load the file as transformers does)")
+    return problems
+
+
 def check_state_dict(state: Mapping[str, Any], cfg, where: str = "state dict") -> None:
-    """Raise one ``PortingError`` listing every unknown key, missing key, shape and pe problem."""
+    """Raise one ``PortingError`` listing every unknown key, missing key, shape and buffer problem."""
     entries = official_entries(cfg)
     expected = {e.key: e for e in entries}
-    unknown = set(state) - set(expected)
+    unknown = set(state) - set(expected) - set(legacy_buffers(cfg))
     missing = {e.key for e in entries if not e.buffer} - set(state)
     shapes = [f"{k}: expected shape {e.shape}, found {tuple(np.shape(state[k]))}"
               for k, e in expected.items()
@@ -110,7 +137,7 @@ def check_state_dict(state: Mapping[str, Any], cfg, where: str = "state dict") -
         parts.append(_listing("missing key(s)", missing))
     if shapes:
         parts.append(_listing("shape mismatch(es)", shapes))
-    parts += buffer_problems(state, entries)
+    parts += buffer_problems(state, entries) + legacy_buffer_problems(state, cfg)
     if parts:
         raise PortingError(f"{where} does not fit {type(cfg).__name__}:\n" + "\n".join(parts))
 
@@ -193,6 +220,83 @@ def controlnet_params_to_torch(params, cfg, dtype=None) -> dict[str, np.ndarray]
 
 def resampler_params_to_torch(params, cfg, dtype=None) -> dict[str, np.ndarray]:
     return params_to_torch(params, _typed(cfg, "ResamplerConfig"), dtype)
+
+
+# --- VAE: diffusers' deprecated attention names -------------------------------------------------
+
+# Older VAE files (SD1.5's own vae/diffusion_pytorch_model.* among them) name the mid-block attention
+# ``query/key/value/proj_attn``; diffusers renames them on load (``_convert_deprecated_attention_blocks``).
+# Files converted from the original LDM checkpoint may also keep these weights as (C, C, 1, 1) convs.
+_VAE_OLD_ATTN = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
+
+
+def upgrade_vae_state_dict(state: Mapping[str, Any], where: str = "VAE state dict") -> dict[str, Any]:
+    """Old VAE attention names -> ``to_q/to_k/to_v/to_out.0``, and (C, C, 1, 1) attention weights -> (C, C).
+
+    Only keys under ``*.mid_block.attentions.<i>.`` are touched; a file holding both the old and the
+    new name of one tensor is an error. Everything else is passed through for the strict check.
+    """
+    out: dict[str, Any] = {}
+    renamed_from: dict[str, str] = {}
+    for k, v in state.items():
+        mod, _, leaf = k.rpartition(".")
+        head, _, name = mod.rpartition(".")
+        if ".mid_block.attentions." not in f".{head}.":
+            out[k] = v
+            continue
+        new = f"{head}.{_VAE_OLD_ATTN[name]}.{leaf}" if name in _VAE_OLD_ATTN else k
+        if new in out or new in renamed_from:
+            raise PortingError(f"{where}: both {renamed_from.get(new, new)!r} and {k!r} hold {new!r}")
+        if new != k:
+            renamed_from[new] = k
+        if leaf == "weight" and np.ndim(v) == 4 and tuple(np.shape(v)[2:]) == (1, 1):
+            v = np.asarray(v)[:, :, 0, 0]
+        out[new] = v
+    return out
+
+
+def vae_params_from_torch(state_dict: Mapping[str, Any], cfg, where: str = "VAE state dict") -> dict:
+    """diffusers ``AutoencoderKL`` state dict (old or new attention names) -> VAE params."""
+    return params_from_torch(upgrade_vae_state_dict(state_dict, where), _typed(cfg, "VAEConfig"), where)
+
+
+def vae_params_to_torch(params, cfg, dtype=None) -> dict[str, np.ndarray]:
+    """VAE params -> diffusers ``AutoencoderKL`` state dict (current names: ``to_q``... ``to_out.0``)."""
+    return params_to_torch(params, _typed(cfg, "VAEConfig"), dtype)
+
+
+# --- CLIP: transformers CLIPVisionModel(WithProjection) / CLIPTextModel(WithProjection) -----------
+# Exported keys carry the ``vision_model.`` / ``text_model.`` prefix (SD1.5's and IP-Adapter's files;
+# transformers 5 loads them into either model class).
+
+def with_clip_prefix(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """Add ``prefix`` ("vision_model" / "text_model") to a state dict that has no key under it.
+
+    transformers 5 saves a plain ``CLIPTextModel`` / ``CLIPVisionModel`` without that prefix;
+    transformers 4, SD1.5's ``text_encoder`` and the ``*WithProjection`` models have it. The
+    projection heads (``visual_projection`` / ``text_projection``) are never prefixed.
+    """
+    if any(k.startswith(prefix + ".") for k in state):
+        return dict(state)
+    return {k if k.split(".")[0].endswith("_projection") else f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def clip_vision_params_from_torch(state_dict: Mapping[str, Any], cfg, where: str = "CLIP vision state dict") -> dict:
+    """``CLIPVisionModelWithProjection`` / ``CLIPVisionModel`` state dict (either prefix convention)."""
+    return params_from_torch(with_clip_prefix(state_dict, "vision_model"), _typed(cfg, "CLIPVisionConfig"), where)
+
+
+def clip_vision_params_to_torch(params, cfg, dtype=None) -> dict[str, np.ndarray]:
+    return params_to_torch(params, _typed(cfg, "CLIPVisionConfig"), dtype)
+
+
+def clip_text_params_from_torch(state_dict: Mapping[str, Any], cfg, where: str = "CLIP text state dict") -> dict:
+    """``CLIPTextModel`` / ``CLIPTextModelWithProjection`` state dict (either prefix convention)."""
+    return params_from_torch(with_clip_prefix(state_dict, "text_model"), _typed(cfg, "CLIPTextConfig"), where)
+
+
+def clip_text_params_to_torch(params, cfg, dtype=None) -> dict[str, np.ndarray]:
+    return params_to_torch(params, _typed(cfg, "CLIPTextConfig"), dtype)
 
 
 def config_kind(cfg) -> str:

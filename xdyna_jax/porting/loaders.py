@@ -5,6 +5,9 @@
 * ``unet_params_from_sd15``: a fresh X-Dyna UNet from a plain diffusers SD1.5 UNet.
 * ``load_controlnet``: an X-Dyna ``.ckpt`` or a diffusers folder.
 * ``load_resampler``: ``ip-adapter-plus_sd15.bin["image_proj"]`` (or a bare state dict).
+* ``load_clip_vision`` / ``load_clip_text``: a transformers folder (IP-Adapter ``models/image_encoder``,
+  SD1.5 ``text_encoder``: config.json + model.safetensors / pytorch_model.bin) or a weights file.
+* ``load_vae``: a diffusers ``vae/`` folder (its config.json) or file; old attention names are upgraded.
 """
 from __future__ import annotations
 
@@ -218,3 +221,74 @@ def load_resampler(path, cfg=None) -> tuple[dict, Any]:
     state = unwrap(raw, select=select, where=str(path))
     cfg = cfg if cfg is not None else ResamplerConfig.sd15()
     return params_from_torch(state, cfg, where=f"{path}" + (f"[{select!r}]" if select else "")), cfg
+
+
+def load_vae(path, cfg=None) -> tuple[dict, Any]:
+    """VAE params from a diffusers ``vae/`` folder or a bare state-dict file (old attention names accepted).
+
+    Without ``cfg``: a folder's ``config.json`` when present, else the SD1.5 VAE. Returns (params, cfg).
+    """
+    from xdyna_jax.models.vae import VAEConfig
+
+    from .convert import vae_params_from_torch
+
+    path = Path(path)
+    weights = find_diffusers_weights(path) if path.is_dir() else path
+    if cfg is None and path.is_dir() and (path / "config.json").is_file():
+        config = _read_config_json(path / "config.json")
+        try:
+            cfg = VAEConfig.from_diffusers(config)
+        except ValueError as e:
+            raise PortingError(f"{path / 'config.json'}: {e}") from e
+    cfg = cfg if cfg is not None else VAEConfig.sd15()
+    return vae_params_from_torch(read_state_dict(weights), cfg, where=str(weights)), cfg
+
+
+_TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+# config class -> (key prefix, projection-head key, preset)
+_CLIP = {"CLIPVisionConfig": ("vision_model", "visual_projection.weight", "vit_h14"),
+         "CLIPTextConfig": ("text_model", "text_projection.weight", "sd15")}
+
+
+def _load_clip(path, cfg, cls_name: str) -> tuple[dict, Any]:
+    from xdyna_jax import models
+
+    from .convert import with_clip_prefix
+
+    cls = getattr(models, cls_name)
+    prefix, proj_key, preset = _CLIP[cls_name]
+    path = Path(path)
+    if path.is_dir():
+        weights = next((path / n for n in _TRANSFORMERS_WEIGHTS if (path / n).is_file()), None)
+        if weights is None:
+            raise PortingError(f"{path}: no {' or '.join(_TRANSFORMERS_WEIGHTS)} in this folder")
+    else:
+        weights = path
+    if cfg is None and path.is_dir() and (path / "config.json").is_file():
+        try:
+            cfg = cls.from_hf(_read_config_json(path / "config.json"))
+        except (ValueError, TypeError) as e:
+            raise PortingError(f"{path / 'config.json'}: {e}") from e
+    state = with_clip_prefix(read_state_dict(weights), prefix)
+    if cfg is None:  # no config: the preset, with a projection head iff the file has one
+        proj = state.get(proj_key)
+        cfg = getattr(cls, preset)(projection_dim=int(proj.shape[0]) if proj is not None and proj.ndim == 2 else None)
+    return params_from_torch(state, cfg, where=str(weights)), cfg
+
+
+def load_clip_vision(path, cfg=None) -> tuple[dict, Any]:
+    """CLIP image-encoder params from a transformers folder (IP-Adapter ``models/image_encoder``) or file.
+
+    Without ``cfg``: the folder's ``config.json`` when present, else ViT-H/14 with a projection head
+    iff the file has ``visual_projection.weight``. Returns (params, cfg).
+    """
+    return _load_clip(path, cfg, "CLIPVisionConfig")
+
+
+def load_clip_text(path, cfg=None) -> tuple[dict, Any]:
+    """CLIP text-encoder params from a transformers folder (SD1.5 ``text_encoder``) or file.
+
+    Without ``cfg``: the folder's ``config.json`` when present, else SD1.5's text encoder (with a
+    projection head iff the file has ``text_projection.weight``). Returns (params, cfg).
+    """
+    return _load_clip(path, cfg, "CLIPTextConfig")

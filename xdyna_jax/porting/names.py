@@ -4,8 +4,9 @@ Flax module paths mirror torch module paths, so the rules are mechanical:
   * a numeric key component joins the one before it with "_":
     ``down_blocks.0.attentions.1`` <-> ``down_blocks_0/attentions_1``, ``layers.0.1.1`` <-> ``layers_0_1_1``;
   * leaves: Linear ``weight`` (out, in) <-> ``kernel`` (in, out); Conv ``weight`` (O, I, kh, kw) <->
-    ``kernel`` (kh, kw, I, O); norm ``weight`` (C,) <-> ``scale``; anything else (``bias``, ``latents``)
-    keeps its name and layout.
+    ``kernel`` (kh, kw, I, O); norm ``weight`` (C,) <-> ``scale``; Embedding ``weight`` (rows, C) <->
+    ``embedding`` (same layout) for the modules in ``EMBEDDING_NAMES``; anything else (``bias``,
+    ``latents``, ``class_embedding``) keeps its name and layout.
 The only ambiguity of the reverse direction is a module whose own name ends in ``_<digits>``
 (``time_embedding.linear_1``); those few names are listed in ``LITERAL_NAMES``. The coverage tests
 check that both directions are inverse on every official key.
@@ -20,6 +21,9 @@ from flax import traverse_util
 
 # Module names whose trailing "_<digits>" belongs to the name, not to a list index.
 LITERAL_NAMES = frozenset({"linear_1", "linear_2"})
+
+# torch ``nn.Embedding`` modules: their 2-D ``weight`` is a table (rows, C), kept as Flax ``embedding``.
+EMBEDDING_NAMES = frozenset({"token_embedding", "position_embedding"})
 
 # Permutations from the official layout to ours, by ndim of a ``weight``; the inverse permutes back.
 _TO_FLAX_PERM = {2: (1, 0), 4: (2, 3, 1, 0)}
@@ -80,19 +84,22 @@ def flax_leaf(torch_leaf: str, ndim: int) -> str:
         if ndim in _TO_FLAX_PERM:
             return "kernel"
         raise NamingError(f"no rule for a {ndim}-d 'weight'")
-    if torch_leaf in ("kernel", "scale"):
+    if torch_leaf in ("kernel", "scale", "embedding"):
         raise NamingError(f"official leaf {torch_leaf!r} would collide with a Flax leaf name")
     return torch_leaf
 
 
 def torch_leaf(flax_leaf_name: str) -> str:
-    return "weight" if flax_leaf_name in ("kernel", "scale") else flax_leaf_name
+    return "weight" if flax_leaf_name in ("kernel", "scale", "embedding") else flax_leaf_name
 
 
 def key_to_path(key: str, ndim: int) -> Path:
     """Official key (and the ndim of its tensor) -> Flax param path."""
     mod, _, leaf = key.rpartition(".")
-    return module_path(mod) + (flax_leaf(leaf, ndim),)
+    path = module_path(mod)
+    if leaf == "weight" and ndim == 2 and path and path[-1] in EMBEDDING_NAMES:
+        return path + ("embedding",)
+    return path + (flax_leaf(leaf, ndim),)
 
 
 def path_to_key(path: Path) -> str:
