@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED := 1
 
 help:
 	@echo "make sample        create .venv, pip install -e ., run sample.py (args: SAMPLE_ARGS=...)"
-	@echo "make test          create .venv, pip install -e '.[test]', run pytest (args: PYTEST_ARGS=...)"
+	@echo "make test          create .venv, pip install -e '.[test,data]', run pytest (args: PYTEST_ARGS=...)"
 	@echo "make install       only the package install;  make install-test: with the test extra"
 	@echo "make clean-venv    remove .venv"
 
@@ -44,7 +44,7 @@ $(VENV)/.installed-sample: $(DEPS) | $(PY)
 
 # The test extra is a superset of the plain install, so it satisfies `make sample` too.
 $(VENV)/.installed-test: $(DEPS) | $(PY)
-	$(PIP) install -e ".[test]"
+	$(PIP) install -e ".[test,data]"
 	touch $@ $(VENV)/.installed-sample
 
 clean-venv:

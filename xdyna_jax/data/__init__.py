@@ -1,0 +1,8 @@
+"""Data room: everything between raw videos and training batches.
+
+Modules (one job each): ``video`` (read/write mp4), ``pose`` (MediaPipe -> OpenPose-18 + hands + face mesh),
+``render`` (the authors' no-head skeleton style), ``align`` (retarget a driving skeleton onto a reference
+body), ``score`` (overlap of two skeleton renders), ``sface`` (the 6-channel S-Face condition of spec §7.4),
+``records`` (the on-disk image codec and split access), ``datasets`` (TFDS ``array_record`` builders, no
+TensorFlow), ``loader`` (host-sharded, deterministic, resumable clip reader), ``__main__`` (the CLI).
+"""
