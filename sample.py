@@ -5,6 +5,7 @@ with the sampling issue; this entry point will then parse ``--config`` and overr
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -17,6 +18,11 @@ def smoke() -> int:
     except ImportError as e:
         print(f"sample.py: the models are not importable yet ({e})", file=sys.stderr)
         return 1
+
+    # compiled programs persist between runs (the tiny init alone compiles for a minute on 2 CPU cores)
+    jax.config.update("jax_compilation_cache_dir",
+                      os.environ.get("XDYNA_JAX_CACHE", os.path.expanduser("~/.cache/xdyna_jax/jit")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
     model = UNet3D(UNet3DConfig.tiny())
     rng_params, rng_inputs = jax.random.split(jax.random.key(0))

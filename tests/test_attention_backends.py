@@ -64,3 +64,23 @@ def test_unet_backends_chunking_and_remat_agree():
     diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), grad(dataclasses.replace(base, remat=True)),
                         grad(base))
     assert max(jax.tree.leaves(diff)) < 1e-5
+
+
+@pytest.mark.parametrize("dtype, param_dtype, tol", [("bfloat16", "float32", 0.1), ("bfloat16", "bfloat16", 0.1),
+                                                      ("float16", "float16", 0.03)])
+def test_low_precision_compute_stays_close_to_float32(dtype, param_dtype, tol):
+    """The dtype plumbing: half-precision compute runs end to end, returns its dtype, and stays near the
+    float32 result (which the parity tests tie to the official model); norms and softmax stay float32."""
+    cfg = UNet3DConfig.tiny(block_out_channels=(32, 64), attention_head_dim=(2, 2),
+                            down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                            up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"))
+    params = _random_params(UNet3D(cfg))
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 3, 8, 8, 4)).astype(np.float32)
+    ctx = rng.standard_normal((1, 77 + cfg.num_ip_tokens, cfg.cross_attention_dim)).astype(np.float32)
+    ref = UNet3D(cfg).apply({"params": params}, x, 500.0, ctx)
+    low = dataclasses.replace(cfg, dtype=dtype, param_dtype=param_dtype)
+    out = UNet3D(low).apply({"params": jax.tree.map(lambda a: a.astype(param_dtype), params)}, x, 500.0, ctx)
+    assert out.dtype == jnp.dtype(dtype)
+    err = float(jnp.max(jnp.abs(out.astype(jnp.float32) - ref)))
+    assert err < tol * float(jnp.max(jnp.abs(ref))), err
