@@ -97,5 +97,12 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def shard(tree, shardings):
-    """Place a host pytree onto devices with the given shardings."""
+    """Place a pytree that every process holds in full (params) onto devices with the given shardings."""
     return jax.tree.map(lambda x, s: jax.device_put(x, s), tree, shardings)
+
+
+def host_local_to_global(batch, mesh: Mesh, rules=RULES):
+    """Assemble each process's slice of a batch (leading axis) into global arrays split over the
+    data-parallel axes: the multi-host input path (one process per host under ``jax.distributed``)."""
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(x), rules), x), batch)
