@@ -44,7 +44,7 @@ def read_video(path: PathLike, stride: int = 1, max_frames: Optional[int] = None
                     break
     except VideoError:
         raise
-    except Exception as exc:  # av.error.* (InvalidDataError, ...) and decoder failures
+    except (av.error.FFmpegError, ValueError, OSError) as exc:  # InvalidDataError, decoder failures, ...
         raise VideoError(f"cannot decode video {path}: {exc}") from exc
     if not frames:
         raise VideoError(f"no frames decoded from {path} (start={start}, stride={stride})")
@@ -67,7 +67,7 @@ def video_info(path: PathLike) -> dict:
                     "width": int(s.width), "height": int(s.height)}
     except VideoError:
         raise
-    except Exception as exc:
+    except (av.error.FFmpegError, ValueError, OSError) as exc:
         raise VideoError(f"cannot open video {path}: {exc}") from exc
 
 
