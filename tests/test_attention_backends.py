@@ -36,15 +36,19 @@ def test_unknown_backend_is_refused():
         attention(x, x, x, heads=2, backend="flash")
 
 
+# two resolution levels: every layer kind, a short compile
+SMALL = UNet3DConfig.tiny(block_out_channels=(32, 64), attention_head_dim=(2, 2),
+                          down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                          up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"))
+
+
 def _random_params(model, seed=0):
     rng = np.random.default_rng(seed)
     return jax.tree.map(lambda s: (0.2 * rng.standard_normal(s.shape)).astype(np.float32), param_shapes(model))
 
 
 def test_unet_backends_chunking_and_remat_agree():
-    base = UNet3DConfig.tiny(block_out_channels=(32, 64), attention_head_dim=(2, 2),
-                             down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-                             up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"))
+    base = SMALL
     params = _random_params(UNet3D(base))
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, 3, 8, 8, 4)).astype(np.float32)
@@ -71,9 +75,7 @@ def test_unet_backends_chunking_and_remat_agree():
 def test_low_precision_compute_stays_close_to_float32(dtype, param_dtype, tol):
     """The dtype plumbing: half-precision compute runs end to end, returns its dtype, and stays near the
     float32 result (which the parity tests tie to the official model); norms and softmax stay float32."""
-    cfg = UNet3DConfig.tiny(block_out_channels=(32, 64), attention_head_dim=(2, 2),
-                            down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
-                            up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"))
+    cfg = SMALL
     params = _random_params(UNet3D(cfg))
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, 3, 8, 8, 4)).astype(np.float32)
