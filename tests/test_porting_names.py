@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from xdyna_jax.models import (ControlNet, ControlNetConfig, Resampler, ResamplerConfig, UNet3D,
-                              UNet3DConfig, param_shapes)
+from xdyna_jax.models import (AutoencoderKL, CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel,
+                              ControlNet, ControlNetConfig, Resampler, ResamplerConfig, UNet3D, UNet3DConfig,
+                              VAEConfig, param_shapes)
 from xdyna_jax.models.motion import sinusoidal_position_encoding
 from xdyna_jax.porting import names, official_entries
 
@@ -43,13 +44,21 @@ CASES = {
     "controlnet_face": (lambda: ControlNet(ControlNetConfig.sd15(conditioning_channels=FACE_CHANNELS)),
                         face_keys, None),
     "resampler": (lambda: Resampler(ResamplerConfig.sd15()), lambda: read_tsv("resampler_keys.tsv"), None),
+    # the frozen encoders: key lists from diffusers / transformers on the meta device (tools/keys/)
+    "vae": (lambda: AutoencoderKL(VAEConfig.sd15()), lambda: read_tsv("vae_keys.tsv"), None),
+    "clip_vision": (lambda: CLIPVisionModel(CLIPVisionConfig.vit_h14()), lambda: read_tsv("clip_vision_keys.tsv"),
+                    None),
+    "clip_text": (lambda: CLIPTextModel(CLIPTextConfig.sd15()), lambda: read_tsv("clip_text_keys.tsv"), None),
 }
+KEY_COUNTS = {"unet": 1326, "controlnet": 340, "controlnet_face": 340, "resampler": 51, "vae": 248,
+              "clip_vision": 520, "clip_text": 196}
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_every_official_key_maps_to_one_param(case):
     make_model, make_keys, pe_len = CASES[case]
     model, keys = make_model(), make_keys()
+    assert len(keys) == KEY_COUNTS[case]
     flat = traverse_util.flatten_dict(param_shapes(model))
     seen: dict[tuple[str, ...], str] = {}
     n_pe = 0
