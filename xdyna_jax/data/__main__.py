@@ -6,10 +6,12 @@
           [--anchor reference|driving] [--render OUT.mp4]
   build   --out DIR [--human DIR] [--scene DIR] [--config build.yaml] [--set key=value ...]
           [--conditions MODULE:FUNCTION] [--overwrite]
+          [--vae VAE_DIR] [--image-encoder IMAGE_ENCODER_DIR] [--encode-batch N]
 
 A poses ``.npz`` holds ``body (T,18,3)``, ``hands (T,2,21,3)``, ``face (T,468,3)``, ``height``, ``width``
 (``pose.Poses``). ``build`` writes an array_record dataset (``datasets.py``); its settings are
-``datasets.BuildSettings`` fields (YAML file and/or ``--set``). Progress goes to stderr, the summary
+``datasets.BuildSettings`` fields (YAML file and/or ``--set``); ``--vae`` (a diffusers ``vae/`` folder)
+and ``--image-encoder`` (IP-Adapter's ``image_encoder/``) pre-encode every frame (``encode.py``). Progress goes to stderr, the summary
 to stdout; errors are one ``error: ...`` line on stderr and exit code 2.
 """
 from __future__ import annotations
@@ -143,13 +145,27 @@ def load_conditions(spec: str):
         raise CliError(f"--conditions {spec!r}: cannot import ({e})") from e
 
 
+def encoders(args):
+    """``(extra_features, extra_fn)`` from ``--vae`` / ``--image-encoder``, or ``(None, None)``."""
+    if args.vae is None and args.image_encoder is None:
+        return None, None
+    from xdyna_jax.porting import loaders
+
+    from .encode import frame_encoders
+    vae = loaders.load_vae(args.vae) if args.vae is not None else None
+    clip = loaders.load_clip_vision(args.image_encoder) if args.image_encoder is not None else None
+    return frame_encoders(vae, clip, batch_size=args.encode_batch)
+
+
 def cmd_build(args) -> str:
     settings = config_lib.load(BuildSettings, args.config, args.set)
     conditions = load_conditions(args.conditions) if args.conditions else None
+    features, extra_fn = encoders(args)
     with contextlib.redirect_stdout(sys.stderr):  # TFDS prints its own status lines
         import tensorflow_datasets as tfds
         tfds.disable_progress_bar()
         report = build_dataset(args.out, args.human, args.scene, settings, conditions, overwrite=args.overwrite,
+                               extra_features=features, extra_fn=extra_fn,
                                progress=lambda split, done, total, name: progress(f"build {split}", done, total,
                                                                                   name))
     return report.summary()
@@ -186,6 +202,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     b.add_argument("--conditions", help="MODULE:FUNCTION frames -> {pose, face, meta} (default: pose models)")
     b.add_argument("--overwrite", action="store_true")
+    b.add_argument("--vae", type=Path, help="pre-encode VAE posteriors with this diffusers vae/ folder or file")
+    b.add_argument("--image-encoder", type=Path,
+                   help="pre-encode CLIP hidden_states[-2] with this transformers image_encoder/ folder or file")
+    b.add_argument("--encode-batch", type=int, default=8, help="frames per encoder call")
     return p
 
 

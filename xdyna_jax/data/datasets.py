@@ -32,11 +32,12 @@ reference frame is then drawn from the clip's segment.
 per-frame conditions of a human video; ``meta`` must be JSON-serialisable and may give ``detections``
 and ``misses``. ``default_conditions`` wires the pose / render / S-Face modules.
 
-Extension point (pre-encoded VAE latents, CLIP image embeddings, ...): pass ``extra_features``
-(name -> a TF-free ``tfds.features`` object, e.g. ``Tensor(shape=(None, 4, 112, 64), dtype=np.float16)``)
-and ``extra_fn(video_id, frames, conditions) -> {name: value}`` (per example: the segment's frames and
-conditions) to ``build_dataset``; the loader ignores
-unknown keys, so a training step that wants them reads them from the same example.
+Extra per-example fields: pass ``extra_features`` (name -> a TF-free ``tfds.features`` object, e.g.
+``Tensor(shape=(None, 64, 64, 8), dtype=np.float16)``) and ``extra_fn(video_id, frames, conditions) ->
+{name: value}`` (per example: the segment's frames and conditions) to ``build_dataset``; a video whose
+``extra_fn`` raises is skipped and reported. ``encode.frame_encoders`` makes the pair that pre-encodes
+VAE posteriors and CLIP hidden states (the ``build --vae/--image-encoder`` options), which the loader
+returns aligned with the clip (``LoaderConfig.encoded``).
 """
 from __future__ import annotations
 
@@ -217,11 +218,8 @@ def _make_builder_class():
             enc = list(pool.map(lambda im: encode_image(im, s.frame_codec, s.jpeg_quality), frames))
             det = int(meta.get("detections", 0)) if not is_scene else 0
             miss = int(meta.get("misses", 0)) if not is_scene else 0
-            rep.videos[split] += 1
-            rep.frames += t
-            rep.detections += det
-            rep.misses += miss
             n_seg = -(-t // s.segment_frames) if s.segment_frames else 1
+            examples = []  # all segments first: a video whose extras fail is skipped whole
             for k, seg in enumerate(np.array_split(np.arange(t), n_seg)):
                 a, b = int(seg[0]), int(seg[-1]) + 1
                 blobs = lambda lst: np.array(lst[a:b] if len(lst) else [], dtype=object)  # noqa: E731
@@ -230,8 +228,18 @@ def _make_builder_class():
                       "face": blobs(face), "detections": det, "misses": miss, "meta_json": meta_json}
                 if self._extra_fn is not None:
                     sub = {key: (v[a:b] if key in ("pose", "face") else v) for key, v in conds.items()}
-                    ex.update(self._extra_fn(rel, frames[a:b], sub))
-                yield (f"{split}/{rel}" if n_seg == 1 else f"{split}/{rel}#{k:05d}"), ex
+                    try:
+                        ex.update(self._extra_fn(rel, frames[a:b], sub))
+                    except Exception as e:  # any failure of the extra encoders on this video: skip it
+                        rep.skipped.append({"file": str(path), "reason": f"extra features failed: "
+                                                                          f"{type(e).__name__}: {e}"})
+                        return
+                examples.append((f"{split}/{rel}" if n_seg == 1 else f"{split}/{rel}#{k:05d}", ex))
+            rep.videos[split] += 1
+            rep.frames += t
+            rep.detections += det
+            rep.misses += miss
+            yield from examples
 
     return XDynaVideos
 

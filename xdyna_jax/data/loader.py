@@ -18,6 +18,10 @@ Each batch is a pure function of ``(seed, epoch, step, process_index, process_co
 
 Batch: ``frames (B, 1 + clip_length, H, W, 3)`` uint8 (index 0 = reference, 1.. = clip), ``pose
 (B, clip_length, H, W, 3)``, ``face (B, clip_length, H, W, 6)`` (zeros for scene videos), ``is_scene (B,)``.
+With ``encoded`` (a dataset built with ``encode.frame_encoders``): ``vae_moments (B, 1 + clip_length, h,
+w, 2*latent)`` float16, rows in the order of ``frames`` (reference first), and ``clip_hidden (B, tokens,
+width)`` float16 of the reference frame. Resizing (``size``) is refused with them: the stored encodings
+belong to the stored frame size.
 
 Iterating decodes in background threads (``num_threads`` workers, ``prefetch`` batches queued).
 ``state()`` is the position of the next batch to be *returned* (``{"epoch", "step", "seed"}``, JSON
@@ -34,6 +38,7 @@ from typing import Any, Iterator, Literal, Mapping, Optional
 
 import numpy as np
 
+from .encode import FIELDS as ENCODED_FIELDS
 from .records import DatasetError, decode_image, open_splits
 
 
@@ -51,11 +56,19 @@ class LoaderConfig:
     num_threads: int = 4
     prefetch: int = 2                                 # batches decoded ahead
     num_epochs: Optional[int] = None                  # None: iterate forever
+    encoded: tuple[str, ...] = ()                     # pre-encoded fields to return: vae_moments, clip_hidden
 
     def __post_init__(self):
         for name in ("batch_size", "clip_length", "stride", "num_threads", "prefetch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"LoaderConfig.{name} must be >= 1, got {getattr(self, name)}")
+        unknown = [e for e in self.encoded if e not in ENCODED_FIELDS]
+        if unknown:
+            raise ValueError(f"LoaderConfig.encoded: unknown field(s) {unknown}; "
+                             f"expected some of {list(ENCODED_FIELDS)}")
+        if self.encoded and self.size is not None:
+            raise ValueError("LoaderConfig.size must be None with 'encoded': the stored encodings are of the "
+                             "stored frame size (rebuild the dataset at the size you want)")
 
 
 def clip_indices(num_frames: int, clip_length: int, stride: int, rng: np.random.Generator,
@@ -132,7 +145,8 @@ class VideoClipLoader:
             ids = ", ".join(f"{it['video_id']} {it['frames'].shape[1:3]}" for it in items)
             raise DatasetError(f"{self.cfg.data_dir}: videos of different sizes in one batch ({ids}); "
                                f"set LoaderConfig.size to resize")
-        return {k: np.stack([it[k] for it in items]) for k in ("frames", "pose", "face", "is_scene")}
+        keys = ("frames", "pose", "face", "is_scene", *self.cfg.encoded)
+        return {k: np.stack([it[k] for it in items]) for k in keys}
 
     def _example(self, epoch: int, g: int) -> dict:
         split, i = self._index[g]
@@ -156,7 +170,16 @@ class VideoClipLoader:
                     raise DatasetError(f"{where}: field {key!r} has {len(ex[key])} images, expected {t}")
             pose = np.stack([dec("pose", j, 3) for j in clip])
             face = np.stack([dec("face", j, 6) for j in clip])
-        return {"video_id": vid, "frames": frames, "pose": pose, "face": face, "is_scene": np.bool_(is_scene)}
+        out = {"video_id": vid, "frames": frames, "pose": pose, "face": face, "is_scene": np.bool_(is_scene)}
+        for key in self.cfg.encoded:
+            if key not in ex:
+                raise DatasetError(f"{where}: field {key!r} is not in this dataset (build it with "
+                                   f"--vae / --image-encoder, or drop it from LoaderConfig.encoded)")
+            arr = np.asarray(ex[key])
+            if arr.shape[:1] != (t,):
+                raise DatasetError(f"{where}: field {key!r} has shape {arr.shape}, expected {t} rows (num_frames)")
+            out[key] = arr[[ref, *clip]] if key == "vae_moments" else arr[ref]
+        return out
 
     def _resize(self, img: np.ndarray) -> np.ndarray:
         size = self.cfg.size

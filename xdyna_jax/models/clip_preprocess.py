@@ -13,17 +13,20 @@ from typing import Any, Sequence
 import numpy as np
 
 
-def default_image_processor():
+def default_image_processor(image_size: int = 224):
     """``CLIPImageProcessor()`` on the PIL backend, as the official code (transformers 4.x) ran it.
 
     transformers 5 picks a torchvision backend for ``CLIPImageProcessor`` when torchvision is
-    installed (different resize); its ``CLIPImageProcessorPil`` is the PIL one.
+    installed (different resize); its ``CLIPImageProcessorPil`` is the PIL one. ``image_size`` other
+    than 224 (small test encoders) resizes the shortest edge to it and centre-crops a square of it.
     """
     try:
         from transformers import CLIPImageProcessorPil as cls
     except ImportError:  # transformers 4.x: CLIPImageProcessor is the PIL ("slow") one
         from transformers import CLIPImageProcessor as cls
-    return cls()
+    if image_size == 224:
+        return cls()
+    return cls(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
 
 
 def clip_pixel_values(images: Any, processor: Any = None) -> np.ndarray:
