@@ -11,8 +11,8 @@
 A poses ``.npz`` holds ``body (T,18,3)``, ``hands (T,2,21,3)``, ``face (T,468,3)``, ``height``, ``width``
 (``pose.Poses``). ``build`` writes an array_record dataset (``datasets.py``); its settings are
 ``datasets.BuildSettings`` fields (YAML file and/or ``--set``); ``--vae`` (a diffusers ``vae/`` folder)
-and ``--image-encoder`` (IP-Adapter's ``image_encoder/``) pre-encode every frame (``encode.py``). Progress goes to stderr, the summary
-to stdout; errors are one ``error: ...`` line on stderr and exit code 2.
+and ``--image-encoder`` (IP-Adapter's ``image_encoder/``) pre-encode every frame (``encode.py``).
+Progress goes to stderr, the summary to stdout; errors are one ``error: ...`` line on stderr and exit code 2.
 """
 from __future__ import annotations
 

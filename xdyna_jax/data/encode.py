@@ -14,7 +14,8 @@ then carries, for each of its ``T`` frames (one row per stored frame, same order
 Frames go to the VAE as ``uint8 / 127.5 - 1`` at their stored size, which must be a multiple of the
 VAE's downscale factor (set ``BuildSettings.size`` otherwise): a video that is not is reported and
 skipped like any other unusable input. Size: SD1.5 VAE moments of a 512x512 frame are 64x64x8 float16
-= 64 KB; ViT-H/14 hidden states are 257x1280 float16 = 658 KB per frame (about 12x a JPEG frame), so
+= 64 KB; ViT-H/14 hidden states are 257x1280 float16 = 658 KB per frame (a 512x896 example frame is
+56 KB as JPEG q95), so
 ``clip_hidden`` is worth it only when CLIP time matters more than disk.
 
 Frames are encoded ``batch_size`` at a time by one jitted function (the last batch padded, so there is
@@ -26,7 +27,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
 
-FIELDS = ("vae_moments", "clip_hidden")
+# field -> the rows the loader returns: "frames" (reference + clip, as ``frames``) or "reference" only
+FIELDS = {"vae_moments": "frames", "clip_hidden": "reference"}
 
 
 class EncodeError(ValueError):

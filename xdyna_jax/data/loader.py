@@ -178,7 +178,7 @@ class VideoClipLoader:
             arr = np.asarray(ex[key])
             if arr.shape[:1] != (t,):
                 raise DatasetError(f"{where}: field {key!r} has shape {arr.shape}, expected {t} rows (num_frames)")
-            out[key] = arr[[ref, *clip]] if key == "vae_moments" else arr[ref]
+            out[key] = arr[[ref, *clip]] if ENCODED_FIELDS[key] == "frames" else arr[ref]
         return out
 
     def _resize(self, img: np.ndarray) -> np.ndarray:
