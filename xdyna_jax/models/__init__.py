@@ -4,7 +4,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 
-from .configs import ControlNetConfig, ModelsConfig, MotionConfig, ResamplerConfig, UNet3DConfig
+from .configs import ControlNetConfig, MotionConfig, ResamplerConfig, UNet3DConfig
 from .unet import UNet3D
 
 __all__ = ["UNet3D", "UNet3DConfig", "MotionConfig", "ControlNet", "ControlNetConfig",
@@ -33,7 +33,7 @@ def logical_axes(module: nn.Module):
 
 
 _LAZY = {  # name -> submodule; imported on first use to keep `import xdyna_jax.models` light
-    "ControlNet": "controlnet", "Resampler": "resampler",
+    "ControlNet": "controlnet", "Resampler": "resampler", "ModelsConfig": "xdyna",
     "AutoencoderKL": "vae", "VAEConfig": "vae",
     "CLIPVisionModel": "clip", "CLIPTextModel": "clip", "CLIPVisionConfig": "clip", "CLIPTextConfig": "clip",
 }

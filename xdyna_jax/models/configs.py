@@ -247,13 +247,3 @@ class ResamplerConfig:
     def tiny(cls, **kw) -> "ResamplerConfig":
         base = cls(dim=32, depth=2, dim_head=8, heads=4, num_queries=4, embedding_dim=40, output_dim=48)
         return dataclasses.replace(base, **kw)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelsConfig:
-    """The whole X-Dyna network set: ``configs/sd15.yaml`` (full size) and ``configs/tiny.yaml``."""
-
-    unet: UNet3DConfig = UNet3DConfig()
-    pose_controlnet: ControlNetConfig = ControlNetConfig()
-    face_controlnet: ControlNetConfig | None = ControlNetConfig(conditioning_channels=6)
-    resampler: ResamplerConfig = ResamplerConfig()

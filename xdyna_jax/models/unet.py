@@ -5,8 +5,8 @@ cross-attention, AnimateDiff motion modules and ControlNet residual injection.
   sample                 (B, F, H, W, C_in), frame 0 = the clean reference latent
   timestep               scalar or (B,), the same for every frame (the reference included)
   encoder_hidden_states  (B, T, D): text tokens followed by ``num_ip_tokens`` image tokens
-  down_residuals         12 skips-shaped ControlNet residuals (B, F or F-1, h, w, C); with F-1 frames a
-                         zero reference frame is prepended, as the official pipeline does
+  down_residuals         12 ControlNet residuals shaped like the skips (B, F, h, w, C), the reference
+                         frame included (``models.xdyna.controlnet_residuals`` gives it its zero residual)
   mid_residual           likewise for the mid block
 returns (B, F, H, W, C_out).
 """
@@ -53,9 +53,7 @@ def _block_specs(cfg: UNet3DConfig):
 
 
 def add_residual(x, r):
-    """Add a ControlNet residual; one with a frame fewer gets a zero reference frame prepended."""
-    if r.shape[1] == x.shape[1] - 1:
-        r = jnp.concatenate([jnp.zeros_like(r[:, :1]), r], axis=1)
+    """Add a ControlNet residual of exactly the skip's shape (the reference frame's is explicit)."""
     if r.shape != x.shape:
         raise ValueError(f"ControlNet residual of shape {r.shape} does not fit the UNet skip {x.shape}")
     return x + r.astype(x.dtype)
