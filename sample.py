@@ -1,61 +1,107 @@
-"""Sample X-Dyna videos. For now: a smoke run of the tiny denoiser (one jitted UNet3D forward).
+"""Animate reference images with driving motion: X-Dyna sampling from the command line.
 
-The full sampling pipeline (config file, ``key=value`` overrides, DDIM, context windows) arrives
-with the sampling issue; this entry point will then parse ``--config`` and overrides.
+  python sample.py                                   # the embedded default (tiny networks, random weights)
+  python sample.py --reference IMG --pose SKELETON.mp4 [--out DIR] [--config FILE] [key=value ...]
+  python sample.py --reference IMG --driving VIDEO [--align]   # extract, (align,) render the skeleton
+  python sample.py --jobs examples/example.json --weights BUNDLE_DIR [--grid]
+
+Config keys (``key=value``): ``sample.frames``, ``sample.stride``, ``sample.steps``,
+``sample.guidance_scale``, ``sample.seed``, ``sample.batch_size``, ``sample.height``, ``sample.width``
+(and every other ``sample.*``, ``models.*``, ``mesh.*`` field, ``fps``); unknown keys are rejected.
 """
 from __future__ import annotations
 
 import os
 import sys
-import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+CONFIGS = ROOT / "configs"
+EXAMPLES = ROOT.parent / "shared" / "data" / "xdyna_examples"
 
 
-def smoke() -> int:
-    try:
-        import jax
-        from xdyna_jax import models
-        from xdyna_jax.models import UNet3D, UNet3DConfig
-    except ImportError as e:
-        print(f"sample.py: the models are not importable yet ({e})", file=sys.stderr)
-        return 1
+def build_parser():
+    from xdyna_jax import cli
 
-    # compiled programs persist between runs (the tiny init alone compiles for a minute on 2 CPU cores)
+    p = cli.ArgumentParser(prog="sample.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--reference", help="reference image to animate (PNG/JPEG)")
+    p.add_argument("--pose", help="rendered no-head skeleton video (the official input)")
+    p.add_argument("--driving", help="raw driving video: poses are extracted and rendered (needs the data extra)")
+    p.add_argument("--jobs", help="JSON or YAML list of jobs, as the official examples/example.json")
+    p.add_argument("--weights", help="bundle folder (python -m xdyna_jax.porting bundle); default: random weights")
+    p.add_argument("--config", help="sample config YAML (default configs/sample_tiny.yaml, or "
+                                    "configs/sample_sd15.yaml with --weights)")
+    p.add_argument("--out", default="outputs", help="output folder (default outputs/)")
+    p.add_argument("--grid", action="store_true", help="also write {name}_grid.mp4: reference | conditions | result")
+    p.add_argument("--align", action="store_true",
+                   help="with --driving: retarget the skeleton to the reference body (off: the authors' "
+                        "skeletons keep the driver's proportions)")
+    p.add_argument("--weights-seed", type=cli.int_range(0), default=0, help="seed of the random weights")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. sample.steps=10")
+    return p
+
+
+def main(argv=None) -> int:
+    from xdyna_jax import cli
+
+    args = build_parser().parse_args(argv)
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        raise cli.UserError(f"{bad[0]!r}: expected a key=value config override (e.g. sample.steps=10)")
+    if args.jobs and (args.reference or args.pose or args.driving):
+        raise cli.UserError("give either --jobs or --reference with --pose/--driving, not both")
+    if args.reference and not (args.pose or args.driving):
+        raise cli.UserError("--reference needs --pose (a skeleton video) or --driving (a raw video)")
+    if (args.pose or args.driving) and not args.reference:
+        raise cli.UserError("--pose/--driving need --reference (the image to animate)")
+    if args.align and not args.driving:
+        raise cli.UserError("--align goes with --driving (a rendered --pose skeleton is used as it is)")
+
+    import jax
+
+    from xdyna_jax.sampling import jobs as jobs_lib
+    from xdyna_jax.sampling import run
+    from xdyna_jax.sharding import make_mesh
+
+    # compiled programs persist between runs (the tiny networks' init alone compiles for a minute on 2 cores)
     jax.config.update("jax_compilation_cache_dir",
                       os.environ.get("XDYNA_JAX_CACHE", os.path.expanduser("~/.cache/xdyna_jax/jit")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
-    model = UNet3D(UNet3DConfig.tiny())
-    rng_params, rng_inputs = jax.random.split(jax.random.key(0))
-    if hasattr(models, "init_params"):
-        params = models.init_params(model, rng_params)
+    config = args.config or CONFIGS / ("sample_sd15.yaml" if args.weights else "sample_tiny.yaml")
+    model_overrides = [o[len("models."):] for o in args.overrides if o.startswith("models.")]
+    cfg = run.load_run_config(config, args.overrides)
+    run.check_config(cfg)
+    out = cli.check_output_path(args.out, kind="dir", option="--out")
+
+    if args.jobs:
+        jobs = jobs_lib.load_jobs(args.jobs)
+    elif args.reference:
+        jobs = [jobs_lib.make_job(args.reference, pose=args.pose, driving=args.driving)]
     else:
-        params = model.init(rng_params, *model.example_inputs())["params"]
+        where = EXAMPLES if EXAMPLES.is_dir() else None
+        jobs = run.default_inputs(where, out / "default_inputs", cfg.sample.height, cfg.sample.width,
+                                  cfg.sample.frames * cfg.sample.stride)
+        print(f"embedded default: {jobs[0].reference.name} + {jobs[0].pose.name}"
+              + ("" if where else " (generated; ../shared/data/xdyna_examples/ is absent)"))
+    mesh = make_mesh(cfg.mesh)
+    if args.weights:
+        params, models, tokenizer = run.weights_from_bundle(args.weights, cfg, model_overrides, mesh)
+        import dataclasses
 
-    # Random inputs with the structure (shapes, dtypes) of the model's example inputs.
-    examples = model.example_inputs()
-    keys = jax.random.split(rng_inputs, len(examples))
-    inputs = [jax.random.normal(k, x.shape, x.dtype) for k, x in zip(keys, examples)]
-    inputs[1] = jax.random.randint(keys[1], examples[1].shape, 0, 1000).astype(examples[1].dtype)
-
-    forward = jax.jit(lambda p, *xs: model.apply({"params": p}, *xs))
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(forward(params, *inputs))
-    n_params = sum(x.size for x in jax.tree.leaves(params))
-    print(f"tiny UNet3D on {jax.devices()[0].platform}: {n_params:,} params, "
-          f"input {tuple(inputs[0].shape)} -> output {tuple(out.shape)} {out.dtype} "
-          f"(compile + run {time.perf_counter() - t0:.1f} s)")
-    print("The full sampling pipeline (DDIM, context windows, video out) arrives with the sampling issue.")
+        cfg = dataclasses.replace(cfg, models=models)
+    else:
+        print(f"random weights (seed {args.weights_seed}) of the {Path(config).name} networks: they draw no "
+              f"meaningful picture; pass --weights BUNDLE for a trained model")
+        params, tokenizer = run.random_weights(cfg, args.weights_seed, mesh), None
+    written = run.run_jobs(cfg, params, jobs, out, tokenizer=tokenizer, grid=args.grid, align=args.align,
+                           mesh=mesh, progress=not args.no_progress)
+    print(f"wrote {len(written)} video(s) to {out}")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv:
-        print(f"sample.py: arguments are not supported yet (got {argv}); "
-              "--config and key=value overrides arrive with the sampling issue", file=sys.stderr)
-        return 2
-    return smoke()
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from xdyna_jax import cli
+
+    sys.exit(cli.run(main))
