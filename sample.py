@@ -85,6 +85,7 @@ def main(argv=None) -> int:
                                   cfg.sample.frames * cfg.sample.stride)
         print(f"embedded default: {jobs[0].reference.name} + {jobs[0].pose.name}"
               + ("" if where else " (generated; ../shared/data/xdyna_examples/ is absent)"))
+    jobs_lib.check_files(jobs)  # missing or empty inputs fail before any weights are loaded
     mesh = make_mesh(cfg.mesh)
     if args.weights:
         params, models, tokenizer = run.weights_from_bundle(args.weights, cfg, model_overrides, mesh)

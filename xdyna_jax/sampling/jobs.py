@@ -107,6 +107,16 @@ def make_job(reference, pose=None, driving=None, name=None, caption="") -> Job:
                Path(driving) if driving is not None else None, str(caption))
 
 
+def check_files(jobs: list[Job]) -> None:
+    """Every input file of every job exists and is not empty (cheap, before any work)."""
+    for job in jobs:
+        check_input_file(job.reference, "a reference image (PNG or JPEG)")
+        if job.pose is not None:
+            check_input_file(job.pose, "a skeleton video (mp4)")
+        if job.driving is not None:
+            check_input_file(job.driving, "a driving video (mp4)")
+
+
 # --- reading one job ------------------------------------------------------------------------------
 
 def _cv2():

@@ -42,6 +42,9 @@ def check_config(cfg: SampleRunConfig) -> None:
     if s.height % 8 or s.width % 8 or s.height <= 0 or s.width <= 0:
         raise UserError(f"sample.height={s.height}, sample.width={s.width}: expected positive multiples of 8 "
                         f"(the VAE and ControlNets work at 1/8 resolution)")
+    if min(s.height, s.width) < 40:
+        raise UserError(f"sample.height={s.height}, sample.width={s.width}: expected at least 40 pixels each "
+                        f"(the latent init's 9x9 reflect blur needs latents larger than 4)")
     for k in ("frames", "stride", "steps", "batch_size"):
         if getattr(s, k) < 1:
             raise UserError(f"sample.{k}={getattr(s, k)}: expected an integer >= 1")
