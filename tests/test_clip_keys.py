@@ -19,8 +19,14 @@ def test_embedding_rule_and_logical_axes():
         "text_model.embeddings.position_embedding.weight"
     axes = logical_axes(CLIPTextModel(CLIPTextConfig.tiny()))
     emb = axes["text_model"]["embeddings"]
-    assert tuple(emb["token_embedding"]["embedding"]) == ("vocab", "embed_out")
+    assert tuple(emb["token_embedding"]["embedding"]) == ("vocab", "embed")
     used = {n for spec in jax.tree.leaves(logical_axes(CLIPVisionModel(CLIPVisionConfig.tiny())),
                                           is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
             for n in spec}
-    assert used == {"vocab", "embed_in", "embed_out", "conv_h", "conv_w", "norm", "bias"}
+    assert used == {"vocab", "embed", "heads", "mlp", "conv_h", "conv_w", "conv_in", "conv_out", "norm"}
+    layer = logical_axes(CLIPVisionModel(CLIPVisionConfig.tiny()))["vision_model"]["encoder"]["layers_0"]
+    assert tuple(layer["self_attn"]["q_proj"]["kernel"]) == ("embed", "heads")
+    assert tuple(layer["self_attn"]["q_proj"]["bias"]) == ("heads",)
+    assert tuple(layer["self_attn"]["out_proj"]["kernel"]) == ("heads", "embed")
+    assert tuple(layer["mlp"]["fc1"]["kernel"]) == ("embed", "mlp") and tuple(layer["mlp"]["fc1"]["bias"]) == ("mlp",)
+    assert tuple(layer["mlp"]["fc2"]["kernel"]) == ("mlp", "embed")

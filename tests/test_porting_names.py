@@ -117,13 +117,41 @@ def test_rule_table_examples(key, ndim, path):
 
 def test_leaf_layouts():
     lin = np.arange(6.0).reshape(2, 3)            # torch Linear (out=2, in=3)
-    assert names.to_flax(lin, "kernel").shape == (3, 2)
-    np.testing.assert_array_equal(names.to_flax(lin, "kernel"), lin.T)
+    assert names.to_flax(lin, ("to_q", "kernel")).shape == (3, 2)
+    np.testing.assert_array_equal(names.to_flax(lin, ("to_q", "kernel")), lin.T)
     conv = np.arange(2 * 3 * 5 * 7.0).reshape(2, 3, 5, 7)  # torch Conv (O, I, kh, kw)
-    k = names.to_flax(conv, "kernel")
+    k = names.to_flax(conv, ("conv_in", "kernel"))
     assert k.shape == (5, 7, 3, 2) and k[4, 6, 1, 0] == conv[0, 1, 4, 6]
-    np.testing.assert_array_equal(names.to_torch(k, "kernel"), conv)
+    np.testing.assert_array_equal(names.to_torch(k, ("conv_in", "kernel")), conv)
     assert names.official_shape(k.shape, "kernel") == conv.shape
     assert names.key_to_path("norm.weight", 1)[-1] == "scale"
     with pytest.raises(names.NamingError):
         names.key_to_path("x.weight", 3)
+
+
+def test_geglu_proj_is_stored_value_gate_interleaved():
+    """Official GEGLU ``proj`` rows are [values | gates]; ours has column 2i = value i, 2i+1 = gate i."""
+    inner, d = 3, 2
+    w = np.arange(2 * inner * d, dtype=np.float32).reshape(2 * inner, d)  # torch Linear (out, in)
+    b = np.arange(2 * inner, dtype=np.float32) + 100
+    path = ("mid_block", "attentions_0", "transformer_blocks_0", "ff", "net_0", "proj")
+    k = names.to_flax(w, path + ("kernel",))
+    bias = names.to_flax(b, path + ("bias",))
+    for i in range(inner):
+        np.testing.assert_array_equal(k[:, 2 * i], w[i])              # value i
+        np.testing.assert_array_equal(k[:, 2 * i + 1], w[inner + i])  # gate i
+        assert bias[2 * i] == b[i] and bias[2 * i + 1] == b[inner + i]
+    np.testing.assert_array_equal(names.to_torch(k, path + ("kernel",)), w)
+    np.testing.assert_array_equal(names.to_torch(bias, path + ("bias",)), b)
+    # any other Linear keeps the plain transpose
+    np.testing.assert_array_equal(names.to_flax(w, ("ff", "net_2", "kernel")), w.T)
+    with pytest.raises(names.NamingError, match="even"):
+        names.to_flax(np.zeros(3), path + ("bias",))
+
+
+def test_geglu_rule_matches_only_feed_forward_projections():
+    """The path rule touches exactly the ``ff.net.0.proj`` tensors of every model's official keys."""
+    for name in ("unet", "controlnet", "resampler", "vae", "clip_vision", "clip_text"):
+        for key, shape in read_tsv(f"{name}_keys.tsv").items():
+            path = names.key_to_path(key, len(shape))
+            assert names.is_geglu_proj(path) == (".ff.net.0.proj." in f".{key}"), key

@@ -1,9 +1,9 @@
 """Meshes and the one logical-axis rule table.
 
-Every parameter carries logical axis names (see ``xdyna_jax.models.layers``); ``RULES`` maps them
-to the mesh axes ``data``, ``fsdp`` and ``tensor``. A dimension whose size is not divisible by its
-mesh axes is replicated instead (small convs such as the 3-channel ControlNet input), so one table
-serves every model size.
+Every parameter carries logical axis names by role (see ``xdyna_jax.models.layers``); ``RULES`` maps
+them to the mesh axes ``data``, ``fsdp`` and ``tensor``. A dimension whose size is not divisible by its
+mesh axes is replicated instead (small convs such as the 3-channel ControlNet input), and a mesh axis
+goes to the first dimension that can take it, so one table serves every model size.
 """
 from __future__ import annotations
 
@@ -19,13 +19,24 @@ MESH_AXES = ("data", "fsdp", "tensor")
 # logical name -> mesh axis (or tuple of axes, or None = replicated)
 RULES: tuple[tuple[str, Any], ...] = (
     ("batch", ("data", "fsdp")),
-    ("embed_in", "fsdp"),
-    ("embed_out", "tensor"),
+    # FSDP: every big kernel stores one slice of its model-width dim per device (gathered for use).
+    ("embed", "fsdp"),
+    ("conv_in", "fsdp"),
+    ("conv_out", "fsdp"),  # gets fsdp only where the input dim has none (3 channels; a resnet's conv2)
     ("vocab", "fsdp"),  # rows of embedding tables (CLIP token / position embeddings)
+    # Tensor parallelism, Megatron-style: the inner dims of a pair of layers are split, the residual
+    # stream between blocks is not. q/k/v split by heads and to_out on its input; the feed-forward
+    # splits GEGLU/fc1 on its output and net_2/fc2 on its input; one sum per pair.
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+    # A resnet is such a pair too: conv1 splits its output channels, conv2 its input. GroupNorm norm2
+    # in between stays local, since with groups % tensor == 0 (32 groups) no group straddles devices.
+    # Plain conv outputs (conv_out) are the residual stream that GroupNorm and the next layer read whole,
+    # so they are never split over tensor: that would cost an all-gather after every conv.
+    ("conv_mid", "tensor"),
     ("conv_h", None),
     ("conv_w", None),
     ("norm", None),
-    ("bias", None),
 )
 
 

@@ -80,23 +80,22 @@ class SelfAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        c = x.shape[-1]
-        dense = lambda name, **kw: Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw)
-        q = dense("to_q", use_bias=False)(x)
-        k = dense("to_k", use_bias=False)(x)
-        v = dense("to_v", use_bias=False)(x)
+        proj, out_proj = _projections(self, x.shape[-1])
+        q = proj("to_q")(x)
+        k = proj("to_k")(x)
+        v = proj("to_v")(x)
         if self.mode in ("mixed_cross", "first_cross"):
             k_ref = jnp.broadcast_to(k[:, :1], k.shape)
             v_ref = jnp.broadcast_to(v[:, :1], v.shape)
         if self.mode == "first_cross":
-            return dense("to_out_0")(self.attend(q, k_ref, v_ref))
-        out = dense("to_out_0")(self.attend(q, k, v))
+            return out_proj("to_out_0")(self.attend(q, k_ref, v_ref))
+        out = out_proj("to_out_0")(self.attend(q, k, v))
         if self.mode == "default":
             return out
         if self.mode != "mixed_cross":
             raise ValueError(f"unknown attn1 mode {self.mode!r}")
-        q_ff = dense("to_q_ff", use_bias=False)(x)
-        return out + dense("to_out_ff")(self.attend(q_ff, k_ref, v_ref))
+        q_ff = proj("to_q_ff")(x)
+        return out + out_proj("to_out_ff")(self.attend(q_ff, k_ref, v_ref))
 
 
 class CrossAttention(nn.Module):
@@ -119,8 +118,7 @@ class CrossAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x, context):
-        c = x.shape[-1]
-        dense = lambda name, **kw: Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw)
+        proj, out_proj = _projections(self, x.shape[-1])
         n_ip = self.num_ip_tokens
         if n_ip:
             if context.shape[-2] <= n_ip:
@@ -129,15 +127,24 @@ class CrossAttention(nn.Module):
             text, image = context[..., :-n_ip, :], context[..., -n_ip:, :]
         else:
             text = context
-        q = dense("to_q", use_bias=False)(x)
-        k = dense("to_k", use_bias=False)(text)
-        v = dense("to_v", use_bias=False)(text)
+        q = proj("to_q")(x)
+        k = proj("to_k")(text)
+        v = proj("to_v")(text)
         h = self.attend(q, _bcast(k, q), _bcast(v, q))
         if n_ip:
-            k_ip = dense("to_k_ip", use_bias=False)(image)
-            v_ip = dense("to_v_ip", use_bias=False)(image)
+            k_ip = proj("to_k_ip")(image)
+            v_ip = proj("to_v_ip")(image)
             h = h + self.attend(q, _bcast(k_ip, q), _bcast(v_ip, q))
-        return dense("to_out_0")(h)
+        return out_proj("to_out_0")(h)
+
+
+def _projections(mod, c: int):
+    """Dense factories of an attention module: bias-free q/k/v-style projections (output by heads)
+    and biased output projections (input by heads), so ``tensor`` splits them Megatron-style."""
+    kw = dict(dtype=mod.dtype, param_dtype=mod.param_dtype)
+    proj = lambda name: Dense(c, use_bias=False, axes=("embed", "heads"), name=name, **kw)
+    out_proj = lambda name: Dense(c, axes=("heads", "embed"), name=name, **kw)
+    return proj, out_proj
 
 
 def _bcast(kv, q):
@@ -166,13 +173,12 @@ class TemporalAttention(nn.Module):
 
     @nn.compact
     def __call__(self, x, pe=None):
-        c = x.shape[-1]
-        dense = lambda name, **kw: Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kw)
+        proj, out_proj = _projections(self, x.shape[-1])
         h = jnp.swapaxes(x, 1, 2)  # (B, N, F, C): a sequence over frames per location
         if pe is not None:
             h = h + pe.astype(h.dtype)
-        q = dense("to_q", use_bias=False)(h)
-        k = dense("to_k", use_bias=False)(h)
-        v = dense("to_v", use_bias=False)(h)
-        out = dense("to_out_0")(self.attend(q, k, v))
+        q = proj("to_q")(h)
+        k = proj("to_k")(h)
+        v = proj("to_v")(h)
+        out = out_proj("to_out_0")(self.attend(q, k, v))
         return jnp.swapaxes(out, 1, 2)

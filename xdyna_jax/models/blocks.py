@@ -58,9 +58,13 @@ class ResnetBlock(nn.Module):
         s, kw = self.spec, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         bd = 2 if s.inflated_gn else 1
         h = GroupNorm(s.groups, s.eps, batch_dims=bd, name="norm1", **kw)(x)
-        h = Conv(self.out_channels, name="conv1", **kw)(nn.silu(h))
+        # conv1 -> norm2 -> conv2 is a Megatron pair over ``conv_mid`` (see sharding.RULES)
+        h = Conv(self.out_channels, axes=("conv_in", "conv_mid"), name="conv1", **kw)(nn.silu(h))
         scale_shift = s.time_scale_shift == "scale_shift"
-        t = Dense(self.out_channels * (2 if scale_shift else 1), name="time_emb_proj", **kw)(nn.silu(temb))
+        # [scale | shift] would put all scales on one device and all shifts on another: keep it whole
+        t_axes = ("embed", "embed") if scale_shift else ("embed", "conv_mid")
+        t = Dense(self.out_channels * (2 if scale_shift else 1), axes=t_axes, name="time_emb_proj", **kw)(
+            nn.silu(temb))
         t = t[:, None, None, None, :]
         if not scale_shift:
             h = h + t
@@ -68,7 +72,7 @@ class ResnetBlock(nn.Module):
         if scale_shift:
             scale, shift = jnp.split(t, 2, axis=-1)
             h = h * (1 + scale) + shift
-        h = Conv(self.out_channels, name="conv2", **kw)(nn.silu(h))
+        h = Conv(self.out_channels, axes=("conv_mid", "conv_out"), name="conv2", **kw)(nn.silu(h))
         if x.shape[-1] != self.out_channels:
             x = Conv(self.out_channels, kernel_size=1, padding=0, name="conv_shortcut", **kw)(x)
         return x + h

@@ -189,7 +189,7 @@ class CLIPTextOutput:
 # --- modules ----------------------------------------------------------------------------------
 
 class Embed(nn.Module):
-    """torch ``nn.Embedding``: ``embedding`` (rows, features), logical axes ("vocab", "embed_out")."""
+    """torch ``nn.Embedding``: ``embedding`` (rows, features), logical axes ("vocab", "embed")."""
 
     rows: int
     features: int
@@ -197,7 +197,7 @@ class Embed(nn.Module):
 
     def setup(self):
         self.embedding = self.param("embedding", nn.with_logical_partitioning(
-            nn.initializers.normal(0.02), ("vocab", "embed_out")), (self.rows, self.features), self.param_dtype)
+            nn.initializers.normal(0.02), ("vocab", "embed")), (self.rows, self.features), self.param_dtype)
 
     def __call__(self, ids):
         return jnp.take(self.embedding, ids, axis=0)
@@ -213,9 +213,10 @@ class CLIPAttention(nn.Module):
     @nn.compact
     def __call__(self, x):
         c = x.shape[-1]
-        dense = lambda name: Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
-        q, k, v = dense("q_proj")(x), dense("k_proj")(x), dense("v_proj")(x)
-        return dense("out_proj")(attention(q, k, v, self.heads, self.backend, causal=self.causal))
+        dense = lambda name, axes: Dense(c, dtype=self.dtype, param_dtype=self.param_dtype, axes=axes, name=name)
+        q, k, v = (dense(n, ("embed", "heads"))(x) for n in ("q_proj", "k_proj", "v_proj"))
+        h = attention(q, k, v, self.heads, self.backend, causal=self.causal)
+        return dense("out_proj", ("heads", "embed"))(h)
 
 
 class CLIPEncoderLayer(nn.Module):
@@ -240,9 +241,9 @@ class _MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
         kw = dict(dtype=dtype_of(self.cfg.dtype), param_dtype=dtype_of(self.cfg.param_dtype))
-        h = Dense(self.cfg.intermediate_size, name="fc1", **kw)(x)
+        h = Dense(self.cfg.intermediate_size, axes=("embed", "mlp"), name="fc1", **kw)(x)
         h = ACTIVATIONS[self.cfg.hidden_act](h.astype(jnp.float32)).astype(kw["dtype"])
-        return Dense(self.cfg.hidden_size, name="fc2", **kw)(h)
+        return Dense(self.cfg.hidden_size, axes=("mlp", "embed"), name="fc2", **kw)(h)
 
 
 class CLIPEncoder(nn.Module):
@@ -268,7 +269,7 @@ class _VisionEmbeddings(nn.Module):
         cfg = self.cfg
         kw = dict(dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype))
         cls_emb = self.param("class_embedding", nn.with_logical_partitioning(
-            nn.initializers.normal(cfg.hidden_size ** -0.5), ("embed_out",)), (cfg.hidden_size,), kw["param_dtype"])
+            nn.initializers.normal(cfg.hidden_size ** -0.5), ("embed",)), (cfg.hidden_size,), kw["param_dtype"])
         patches = Conv(cfg.hidden_size, kernel_size=cfg.patch_size, stride=cfg.patch_size, padding=0,
                        use_bias=False, name="patch_embedding", **kw)(pixel_values.astype(kw["dtype"]))
         b = patches.shape[0]

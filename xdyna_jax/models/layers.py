@@ -1,11 +1,17 @@
-"""The few shared building blocks, each parameter tagged with logical axis names.
+"""The few shared building blocks, each parameter tagged with logical axis names by role.
 
-Logical names (mapped to mesh axes by the one rule table in ``xdyna_jax.sharding``):
-  ``embed_in`` / ``embed_out``  -- input / output features of Dense and Conv kernels
-  ``conv_h`` / ``conv_w``       -- spatial taps of conv kernels (never sharded)
-  ``norm``                      -- scale and bias of norms
-  ``bias``                      -- biases of Dense and Conv
-Param names mirror the official torch modules (``kernel`` for ``weight``, ``scale`` for norm weights).
+Logical names (mapped to mesh axes by the one rule table, ``xdyna_jax.sharding.RULES``):
+  ``embed``                  -- model width: the residual stream a layer reads or writes
+  ``heads``                  -- q/k/v outputs (heads x head_dim, heads outermost), the input of ``to_out``
+  ``mlp``                    -- hidden units of a feed-forward (GEGLU, CLIP MLP, Resampler FF, time embedding)
+  ``conv_in`` / ``conv_out`` -- input / output channels of a conv
+  ``conv_mid``               -- a resnet's hidden channels (conv1 out, conv2 in)
+  ``conv_h`` / ``conv_w``    -- spatial taps of conv kernels (never sharded)
+  ``norm``                   -- scale and bias of norms
+  ``vocab``                  -- rows of embedding tables
+``Dense`` and ``Conv`` take their kernel's names from the caller (``axes``); a bias carries the name
+of the kernel's output axis. Param names mirror the official torch modules (``kernel`` for
+``weight``, ``scale`` for norm weights).
 """
 from __future__ import annotations
 
@@ -40,19 +46,20 @@ def _partitioned(init, names):
 
 
 class Dense(nn.Module):
-    """Linear layer; ``kernel`` is (in, out) = torch ``weight.T``."""
+    """Linear layer; ``kernel`` is (in, out) = torch ``weight.T``, logical names ``axes``."""
 
     features: int
     use_bias: bool = True
     zero_init: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    axes: tuple[str, str] = ("embed", "embed")  # default: a width-preserving projection, no tensor split
 
     @nn.compact
     def __call__(self, x):
         in_features = x.shape[-1]
         kinit = nn.initializers.zeros_init() if self.zero_init else _torch_uniform((0,))
-        kernel = self.param("kernel", _partitioned(kinit, ("embed_in", "embed_out")),
+        kernel = self.param("kernel", _partitioned(kinit, tuple(self.axes)),
                             (in_features, self.features), self.param_dtype)
         y = jnp.einsum("...i,io->...o", x.astype(self.dtype), jnp.asarray(kernel, self.dtype))
         if self.use_bias:
@@ -62,7 +69,7 @@ class Dense(nn.Module):
                 def binit(key, shape, dtype=jnp.float32):
                     b = 1.0 / math.sqrt(in_features)
                     return jax.random.uniform(key, shape, dtype, -b, b)
-            bias = self.param("bias", _partitioned(binit, ("bias",)), (self.features,), self.param_dtype)
+            bias = self.param("bias", _partitioned(binit, (self.axes[-1],)), (self.features,), self.param_dtype)
             y = y + jnp.asarray(bias, self.dtype)
         return y
 
@@ -82,13 +89,14 @@ class Conv(nn.Module):
     use_bias: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    axes: tuple[str, str] = ("conv_in", "conv_out")  # names of the (in, out) channel axes
 
     @nn.compact
     def __call__(self, x):
         lead, (h, w, c) = x.shape[:-3], x.shape[-3:]
         k = self.kernel_size
         kinit = nn.initializers.zeros_init() if self.zero_init else _torch_uniform((0, 1, 2))
-        kernel = self.param("kernel", _partitioned(kinit, ("conv_h", "conv_w", "embed_in", "embed_out")),
+        kernel = self.param("kernel", _partitioned(kinit, ("conv_h", "conv_w") + tuple(self.axes)),
                             (k, k, c, self.features), self.param_dtype)
         y = jax.lax.conv_general_dilated(
             x.reshape((-1, h, w, c)).astype(self.dtype), jnp.asarray(kernel, self.dtype),
@@ -102,7 +110,7 @@ class Conv(nn.Module):
                 def binit(key, shape, dtype=jnp.float32):
                     b = 1.0 / math.sqrt(c * k * k)
                     return jax.random.uniform(key, shape, dtype, -b, b)
-            bias = self.param("bias", _partitioned(binit, ("bias",)), (self.features,), self.param_dtype)
+            bias = self.param("bias", _partitioned(binit, (self.axes[-1],)), (self.features,), self.param_dtype)
             y = y + jnp.asarray(bias, self.dtype)
         return y.reshape(lead + y.shape[1:])
 
@@ -162,7 +170,12 @@ def gelu_exact(x):
 
 
 class GEGLU(nn.Module):
-    """diffusers GEGLU: ``proj`` to 2*inner; first half is the value, second half the gate."""
+    """diffusers GEGLU: value * GELU(gate), both from one ``proj`` of width 2*inner.
+
+    The official ``proj`` is [values | gates]; ours stores them interleaved (column 2i = value i,
+    2i+1 = gate i; ``porting.names`` converts). So a contiguous split of the ``mlp`` axis over
+    ``tensor`` gives every device the gates of its own values and GEGLU needs no communication.
+    """
 
     inner: int
     dtype: Any = jnp.float32
@@ -170,13 +183,19 @@ class GEGLU(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        h = Dense(self.inner * 2, dtype=self.dtype, param_dtype=self.param_dtype, name="proj")(x)
-        value, gate = jnp.split(h, 2, axis=-1)
+        h = Dense(self.inner * 2, dtype=self.dtype, param_dtype=self.param_dtype, axes=("embed", "mlp"),
+                  name="proj")(x)
+        h = h.reshape(h.shape[:-1] + (self.inner, 2))
+        value, gate = h[..., 0], h[..., 1]
         return value * gelu_exact(gate.astype(jnp.float32)).astype(self.dtype)
 
 
 class FeedForward(nn.Module):
-    """diffusers FeedForward(geglu): ``net_0`` = GEGLU(dim -> 4 dim), ``net_2`` = Dense(4 dim -> dim)."""
+    """diffusers FeedForward(geglu): ``net_0`` = GEGLU(dim -> 4 dim), ``net_2`` = Dense(4 dim -> dim).
+
+    Megatron-style under ``tensor``: ``net_0`` splits its output (``mlp``), ``net_2`` its input, so
+    the only collective is the sum after ``net_2``.
+    """
 
     mult: int = 4
     dtype: Any = jnp.float32
@@ -186,7 +205,7 @@ class FeedForward(nn.Module):
     def __call__(self, x):
         dim = x.shape[-1]
         h = GEGLU(dim * self.mult, dtype=self.dtype, param_dtype=self.param_dtype, name="net_0")(x)
-        return Dense(dim, dtype=self.dtype, param_dtype=self.param_dtype, name="net_2")(h)
+        return Dense(dim, dtype=self.dtype, param_dtype=self.param_dtype, axes=("mlp", "embed"), name="net_2")(h)
 
 
 def timestep_embedding(t, dim: int, flip_sin_to_cos: bool, freq_shift: float, max_period: float = 10000.0):
@@ -211,6 +230,6 @@ class TimestepEmbedding(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        x = Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="linear_1")(x)
-        x = nn.silu(x)
-        return Dense(self.features, dtype=self.dtype, param_dtype=self.param_dtype, name="linear_2")(x)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        x = nn.silu(Dense(self.features, axes=("embed", "mlp"), name="linear_1", **kw)(x))
+        return Dense(self.features, axes=("mlp", "embed"), name="linear_2", **kw)(x)

@@ -27,11 +27,14 @@ class PerceiverAttention(nn.Module):
         inner = self.dim_head * self.heads
         x = LayerNorm(name="norm1", **kw)(x)
         latents_n = LayerNorm(name="norm2", **kw)(latents)
-        q = Dense(inner, use_bias=False, name="to_q", **kw)(latents_n)
-        kv = Dense(inner * 2, use_bias=False, name="to_kv", **kw)(jnp.concatenate([x, latents_n], axis=-2))
+        q = Dense(inner, use_bias=False, axes=("embed", "heads"), name="to_q", **kw)(latents_n)
+        # [k | v] split over ``tensor`` puts k on one half of the devices and v on the other; GSPMD moves
+        # them, which costs nothing worth a layout change at 16 queries and 273 keys
+        kv = Dense(inner * 2, use_bias=False, axes=("embed", "heads"), name="to_kv", **kw)(
+            jnp.concatenate([x, latents_n], axis=-2))
         k, v = jnp.split(kv, 2, axis=-1)
         out = attention(q, k, v, self.heads, self.backend)
-        return Dense(latents.shape[-1], use_bias=False, name="to_out", **kw)(out)
+        return Dense(latents.shape[-1], use_bias=False, axes=("heads", "embed"), name="to_out", **kw)(out)
 
 
 class Resampler(nn.Module):
@@ -43,15 +46,16 @@ class Resampler(nn.Module):
         kw = dict(dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype))
         latents = self.param("latents", nn.with_logical_partitioning(
             lambda key, shape, dtype=jnp.float32: jax.random.normal(key, shape, dtype) / cfg.dim ** 0.5,
-            (None, None, "embed_out")), (1, cfg.num_queries, cfg.dim), kw["param_dtype"])
+            (None, None, "embed")), (1, cfg.num_queries, cfg.dim), kw["param_dtype"])
         latents = jnp.broadcast_to(latents.astype(kw["dtype"]), (x.shape[0],) + latents.shape[1:])
         x = Dense(cfg.dim, name="proj_in", **kw)(x.astype(kw["dtype"]))
         for i in range(cfg.depth):
             latents = latents + PerceiverAttention(cfg.dim_head, cfg.heads, cfg.attention_backend,
                                                    name=f"layers_{i}_0", **kw)(x, latents)
             h = LayerNorm(name=f"layers_{i}_1_0", **kw)(latents)
-            h = gelu_exact(Dense(cfg.dim * cfg.ff_mult, use_bias=False, name=f"layers_{i}_1_1", **kw)(h))
-            latents = latents + Dense(cfg.dim, use_bias=False, name=f"layers_{i}_1_3", **kw)(h)
+            h = Dense(cfg.dim * cfg.ff_mult, use_bias=False, axes=("embed", "mlp"), name=f"layers_{i}_1_1", **kw)(h)
+            latents = latents + Dense(cfg.dim, use_bias=False, axes=("mlp", "embed"), name=f"layers_{i}_1_3",
+                                      **kw)(gelu_exact(h))
         latents = Dense(cfg.output_dim, name="proj_out", **kw)(latents)
         return LayerNorm(name="norm_out", **kw)(latents)
 

@@ -127,9 +127,10 @@ class ResnetBlock(nn.Module):
     def __call__(self, x):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         h = nn.silu(GroupNorm(self.groups, EPS, name="norm1", **kw)(x))
-        h = Conv(self.out_channels, name="conv1", **kw)(h)
+        # a Megatron pair over ``conv_mid``, as the UNet's resnets (see sharding.RULES)
+        h = Conv(self.out_channels, axes=("conv_in", "conv_mid"), name="conv1", **kw)(h)
         h = nn.silu(GroupNorm(self.groups, EPS, name="norm2", **kw)(h))
-        h = Conv(self.out_channels, name="conv2", **kw)(h)
+        h = Conv(self.out_channels, axes=("conv_mid", "conv_out"), name="conv2", **kw)(h)
         if x.shape[-1] != self.out_channels:
             x = Conv(self.out_channels, kernel_size=1, padding=0, name="conv_shortcut", **kw)(x)
         return x.astype(h.dtype) + h
@@ -149,6 +150,8 @@ class AttentionBlock(nn.Module):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         n, hh, ww, c = x.shape
         h = GroupNorm(self.groups, EPS, name="group_norm", **kw)(x).reshape(n, hh * ww, c)
+        # one head: splitting it over ``tensor`` would split each dot product, so all four
+        # projections keep the default ("embed", "embed") names and are not tensor-split
         q, k, v = (Dense(c, name=name, **kw)(h) for name in ("to_q", "to_k", "to_v"))
         h = attention(q, k, v, heads=1, backend=self.backend, query_chunk=self.query_chunk)
         return Dense(c, name="to_out_0", **kw)(h).reshape(x.shape) + x.astype(self.dtype)

@@ -150,7 +150,7 @@ def params_from_torch(state: Mapping[str, Any], cfg, where: str = "state dict") 
     for e in entries:
         if e.buffer:
             continue
-        value = names.to_flax(np.asarray(state[e.key]), e.path[-1])
+        value = names.to_flax(np.asarray(state[e.key]), e.path)
         out[e.path] = np.ascontiguousarray(value.astype(flat_shapes[e.path].dtype, copy=False))
     return traverse_util.unflatten_dict(out)
 
@@ -182,7 +182,7 @@ def params_to_torch(params: Mapping[str, Any], cfg, dtype=None) -> dict[str, np.
             ref_dtype = np.asarray(flat[e.path + ("to_q", "kernel")]).dtype
             value = sinusoidal_position_encoding(e.shape[1], e.shape[2])[None].astype(ref_dtype)
         else:
-            value = names.to_torch(np.asarray(flat[e.path]), e.path[-1])
+            value = names.to_torch(np.asarray(flat[e.path]), e.path)
         out[e.key] = np.ascontiguousarray(value if dtype is None else value.astype(dtype))
     return out
 

@@ -126,7 +126,7 @@ def unet_params_from_sd15(state_dict: Mapping[str, np.ndarray], cfg, rng: jax.Ar
             to_init.append(e)
     fresh = _fresh_params(cfg, [e.path for e in to_init], rng)
     for e in to_init:
-        full[e.key] = names.to_torch(fresh[e.path], e.path[-1])
+        full[e.key] = names.to_torch(fresh[e.path], e.path)
         report[e.key] = "init"
     return params_from_torch(full, cfg, where="SD1.5 UNet state dict"), report
 

@@ -6,7 +6,11 @@ Flax module paths mirror torch module paths, so the rules are mechanical:
   * leaves: Linear ``weight`` (out, in) <-> ``kernel`` (in, out); Conv ``weight`` (O, I, kh, kw) <->
     ``kernel`` (kh, kw, I, O); norm ``weight`` (C,) <-> ``scale``; Embedding ``weight`` (rows, C) <->
     ``embedding`` (same layout) for the modules in ``EMBEDDING_NAMES``; anything else (``bias``,
-    ``latents``, ``class_embedding``) keeps its name and layout.
+    ``latents``, ``class_embedding``) keeps its name and layout;
+  * one path-aware layout rule: a GEGLU ``proj`` (``.../net_0/proj/{kernel,bias}``; diffusers'
+    ``FeedForward`` is the only module with that path in these models) is [values | gates]
+    officially and value/gate interleaved here (``GEGLU_PROJ``), so that tensor parallelism can
+    split it in contiguous blocks.
 The only ambiguity of the reverse direction is a module whose own name ends in ``_<digits>``
 (``time_embedding.linear_1``); those few names are listed in ``LITERAL_NAMES``. The coverage tests
 check that both directions are inverse on every official key.
@@ -28,6 +32,9 @@ EMBEDDING_NAMES = frozenset({"token_embedding", "position_embedding"})
 # Permutations from the official layout to ours, by ndim of a ``weight``; the inverse permutes back.
 _TO_FLAX_PERM = {2: (1, 0), 4: (2, 3, 1, 0)}
 _TO_TORCH_PERM = {2: (1, 0), 4: (3, 2, 0, 1)}
+
+# Path suffix (module names before the leaf) of the GEGLU projections stored interleaved.
+GEGLU_PROJ = ("net_0", "proj")
 
 _INDEXED = re.compile(r"^(.*?[A-Za-z][A-Za-z0-9]*?)((?:_\d+)+)$")
 
@@ -109,16 +116,42 @@ def path_to_key(path: Path) -> str:
     return f"{mod}.{leaf}" if mod else leaf
 
 
-def to_flax(value: np.ndarray, leaf: str) -> np.ndarray:
-    """Official tensor -> Flax layout for a Flax leaf named ``leaf``."""
-    if leaf == "kernel":
-        return np.transpose(value, _TO_FLAX_PERM[value.ndim])
+def is_geglu_proj(path: Path) -> bool:
+    return tuple(path[-3:-1]) == GEGLU_PROJ
+
+
+def interleave_halves(value: np.ndarray) -> np.ndarray:
+    """Last axis [a_0..a_{n-1} | b_0..b_{n-1}] -> [a_0, b_0, a_1, b_1, ...] (official GEGLU -> ours)."""
+    n = _half(value)
+    return value.reshape(value.shape[:-1] + (2, n)).swapaxes(-1, -2).reshape(value.shape)
+
+
+def split_halves(value: np.ndarray) -> np.ndarray:
+    """Inverse of ``interleave_halves`` (ours -> official GEGLU)."""
+    n = _half(value)
+    return value.reshape(value.shape[:-1] + (n, 2)).swapaxes(-1, -2).reshape(value.shape)
+
+
+def _half(value: np.ndarray) -> int:
+    if value.ndim == 0 or value.shape[-1] % 2:
+        raise NamingError(f"a GEGLU proj needs an even last axis, got shape {value.shape}")
+    return value.shape[-1] // 2
+
+
+def to_flax(value: np.ndarray, path: Path) -> np.ndarray:
+    """Official tensor -> Flax layout for the param at ``path`` (the leaf name is ``path[-1]``)."""
+    if path[-1] == "kernel":
+        value = np.transpose(value, _TO_FLAX_PERM[value.ndim])
+    if is_geglu_proj(path):  # after the transpose: the output features are the last axis
+        value = interleave_halves(value)
     return value
 
 
-def to_torch(value: np.ndarray, leaf: str) -> np.ndarray:
-    """Flax leaf -> official layout."""
-    if leaf == "kernel":
+def to_torch(value: np.ndarray, path: Path) -> np.ndarray:
+    """Flax param at ``path`` -> official layout."""
+    if is_geglu_proj(path):
+        value = split_halves(value)
+    if path[-1] == "kernel":
         if value.ndim not in _TO_TORCH_PERM:
             raise NamingError(f"no rule for a {value.ndim}-d 'kernel'")
         return np.transpose(value, _TO_TORCH_PERM[value.ndim])
