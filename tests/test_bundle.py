@@ -104,6 +104,11 @@ def test_bundle_parts_may_be_absent_and_errors_name_what_does_not_fit(tmp_path, 
         load_bundle(out, overrides=["text_encoder.intermediate_size=64"])
     with pytest.raises(PortingError, match="not a bundle folder"):
         load_bundle(tmp_path)
+    meta = json.loads((out / "bundle.json").read_text())
+    (out / "bundle.json").write_text(json.dumps(dict(meta, version=1)))  # an older layout is refused, not misread
+    with pytest.raises(PortingError, match="bundle version 1, this code reads version 2"):
+        load_bundle(out)
+    (out / "bundle.json").write_text(json.dumps(meta))
 
     # a checkpoint that does not fit its part: the part's file and the key are named, nothing is written
     bad = tmp_path / "bad"

@@ -138,7 +138,7 @@ def test_models_config_names_networks_that_do_not_fit():
 def test_init_params_sharded_from_birth_tiny_values():
     mesh = make_mesh(MeshConfig(data=2, fsdp=4))
     key = jax.random.key(7)
-    parts = ("unet", "resampler")
+    parts = ("resampler", "vae")  # small inits: the tiny UNet's init alone compiles for a minute
     sharded = xdyna.init_params(CFG, key, mesh, parts=parts)
     plain = xdyna.init_params(CFG, key, parts=parts)
     shardings = xdyna.param_shardings(CFG, mesh)
@@ -147,7 +147,7 @@ def test_init_params_sharded_from_birth_tiny_values():
                                       jax.tree.leaves(plain[part]), jax.tree.leaves(shardings[part])):
             assert a.sharding.is_equivalent_to(want, a.ndim), path
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    kernel = sharded["unet"]["down_blocks_1"]["resnets_0"]["conv1"]["kernel"]
+    kernel = sharded["vae"]["decoder"]["up_blocks_0"]["resnets_0"]["conv1"]["kernel"]
     assert kernel.addressable_shards[0].data.size * 4 == kernel.size  # split four ways: never whole on a device
 
 
@@ -157,7 +157,7 @@ def test_init_params_full_size_is_sharded_without_allocation():
 
     cfg = ModelsConfig.sd15()
     mesh = make_mesh(MeshConfig(data=1, fsdp=8))
-    shapes = jax.eval_shape(lambda k: xdyna.init_params(cfg, k, mesh), jax.random.key(0))
+    shapes = xdyna.init_params_shape(cfg, mesh)
     leaves = jax.tree.leaves(shapes)
     n = sum(int(np.prod(s.shape)) for s in leaves)
     assert n > 2_000_000_000  # UNet 1.4 B + 2 ControlNets + ViT-H + VAE + text encoder

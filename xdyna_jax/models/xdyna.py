@@ -246,6 +246,17 @@ def abstract_params(cfg: ModelsConfig, mesh=None):
     return jax.tree.map(lambda s, h: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=h), shapes, sh)
 
 
+def _init_programs(cfg: ModelsConfig, mesh=None, parts=None) -> dict:
+    """{part: jitted init of that network, with ``out_shardings`` on ``mesh``}."""
+    shardings = param_shardings(cfg, mesh) if mesh is not None else {}
+    return {name: jax.jit(functools.partial(_init_part, c), out_shardings=shardings.get(name))
+            for name, c in cfg.parts().items() if parts is None or name in parts}
+
+
+def _part_key(rng, name: str):
+    return jax.random.fold_in(rng, PARTS.index(name))
+
+
 def init_params(cfg: ModelsConfig, rng: jax.Array, mesh=None, parts=None):
     """Fresh params of every network (or of ``parts``), created already sharded on ``mesh``.
 
@@ -253,11 +264,10 @@ def init_params(cfg: ModelsConfig, rng: jax.Array, mesh=None, parts=None):
     holds a whole network. The key of a part is ``fold_in(rng, index in PARTS)``: adding or leaving
     out a part never changes another part's values.
     """
-    shardings = param_shardings(cfg, mesh) if mesh is not None else {}
-    out = {}
-    for name, c in cfg.parts().items():
-        if parts is not None and name not in parts:
-            continue
-        fn = jax.jit(functools.partial(_init_part, c), out_shardings=shardings.get(name))
-        out[name] = fn(jax.random.fold_in(rng, PARTS.index(name)))
-    return out
+    return {name: fn(_part_key(rng, name)) for name, fn in _init_programs(cfg, mesh, parts).items()}
+
+
+def init_params_shape(cfg: ModelsConfig, mesh=None, parts=None):
+    """What ``init_params`` would create (shapes, dtypes and shardings), without allocating anything."""
+    return {name: fn.eval_shape(_part_key(jax.random.key(0), name))
+            for name, fn in _init_programs(cfg, mesh, parts).items()}

@@ -31,7 +31,8 @@ from xdyna_jax import config as config_lib
 
 from .io import PortingError, write_safetensors
 
-FORMAT, VERSION = "xdyna-jax-bundle", 1
+# version 2: GEGLU ``proj`` columns interleaved (value i, gate i) so tensor parallelism splits them in pairs
+FORMAT, VERSION = "xdyna-jax-bundle", 2
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json",
                    "tokenizer.json", "added_tokens.json")
 # the file each part is exported to (the Resampler flat, as IP-Adapter's "image_proj" sub-dict)
@@ -170,6 +171,9 @@ def read_bundle_meta(path) -> dict:
         raise PortingError(f"{meta_file}: cannot read ({e})") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("parts"), list):
         raise PortingError(f"{meta_file}: not an {FORMAT} description (expected format, version, parts)")
+    if meta.get("version") != VERSION:
+        raise PortingError(f"{meta_file}: bundle version {meta.get('version')!r}, this code reads version {VERSION} "
+                           f"(convert the official checkpoints again with `python -m xdyna_jax.porting bundle`)")
     return meta
 
 
