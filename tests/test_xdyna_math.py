@@ -26,7 +26,7 @@ jax.config.update("jax_default_matmul_precision", "highest")
 
 from xdyna_jax.models import UNet3D, UNet3DConfig  # noqa: E402
 from xdyna_jax.models.attention import CrossAttention, SelfAttention  # noqa: E402
-from xdyna_jax.models.blocks import BlockSpec, MidBlock, ResnetBlock, UpBlock  # noqa: E402
+from xdyna_jax.models.blocks import BlockSpec, MidBlock3D, ResnetBlock3D, UpBlock  # noqa: E402
 from xdyna_jax.models.configs import MotionConfig  # noqa: E402
 from xdyna_jax.models.layers import FeedForward, GEGLU, gelu_exact, timestep_embedding  # noqa: E402
 from xdyna_jax.models.motion import MotionModule, sinusoidal_position_encoding  # noqa: E402
@@ -374,7 +374,7 @@ def test_resnet_groupnorm_over_frames(inflated, c_in):
     rng = np.random.default_rng(12)
     x = rng.standard_normal((2, 4, 4, 4, c_in)).astype(np.float32)
     temb = rng.standard_normal((2, 16)).astype(np.float32)
-    mod = ResnetBlock(64, _resnet_spec(64, inflated))
+    mod = ResnetBlock3D(64, _resnet_spec(64, inflated))
     params = random_params(mod, x, temb, seed=13)
     out = mod.apply({"params": params}, x, temb)
     assert err(out, _resnet_np(f64(params), x.astype(np.float64), temb.astype(np.float64),
@@ -527,13 +527,13 @@ def test_unet_residual_k_is_added_to_skip_k():
             idx = per_up[int(mod.name.rsplit("_", 1)[1])]
             skips = [s + down[k] for s, k in zip(args[1], idx)]
             return next_fun(args[0], skips, *args[2:], **kwargs)
-        if isinstance(mod, MidBlock):
+        if isinstance(mod, MidBlock3D):
             return next_fun(*args, **kwargs) + mid
         return next_fun(*args, **kwargs)
 
     def record_mid_input(tag):
         def icpt(next_fun, args, kwargs, context):
-            if isinstance(context.module, MidBlock) and context.method_name == "__call__":
+            if isinstance(context.module, MidBlock3D) and context.method_name == "__call__":
                 mid_inputs[tag] = np.asarray(args[0])
             return next_fun(*args, **kwargs)
         return icpt

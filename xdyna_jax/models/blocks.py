@@ -45,7 +45,7 @@ def _remat(cls, spec: BlockSpec):
     return nn.remat(cls) if spec.remat else cls
 
 
-class ResnetBlock(nn.Module):
+class ResnetBlock3D(nn.Module):
     """``ResnetBlock3D``. Its GroupNorms pool statistics over all frames unless ``inflated_gn``."""
 
     out_channels: int
@@ -145,35 +145,44 @@ class DownBlock(nn.Module):
         s, kw = self.spec, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         skips = []
         for j in range(s.num_layers):
-            h = _remat(ResnetBlock, s)(s.out_channels, s, name=f"resnets_{j}", **kw)(h, temb)
+            h = _remat(ResnetBlock3D, s)(s.out_channels, s, name=f"resnets_{j}", **kw)(h, temb)
             if s.has_attention:
                 h = _remat(Transformer, s)(s, s.heads, name=f"attentions_{j}", **kw)(h, context)
             if s.has_motion:
                 h = _remat(MotionModule, s)(s.motion, s.backend, name=f"motion_modules_{j}", **kw)(h)
             skips.append(h)
         if s.add_sampler:
-            h = _Sampler(s.out_channels, 2, name="downsamplers_0", **kw)(h)
+            h = Downsample3D(s.out_channels, name="downsamplers_0", **kw)(h)
             skips.append(h)
         return h, skips
 
 
-class _Sampler(nn.Module):
-    """``Downsample3D`` (stride 2) / ``Upsample3D`` (stride 1 after nearest upsampling): ``conv``."""
+class Downsample3D(nn.Module):
+    """``Downsample3D``: a 3x3 stride-2 conv ``conv`` per frame, padding 1 on every side."""
 
     channels: int
-    stride: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        return Conv(self.channels, stride=2, padding=1, name="conv", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+
+
+class Upsample3D(nn.Module):
+    """``Upsample3D``: nearest 2x (or to ``size``, the next skip's), then a 3x3 conv ``conv``."""
+
+    channels: int
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x, size=None):
-        if self.stride == 1:
-            x = upsample_nearest(x, size)
-        return Conv(self.channels, stride=self.stride, padding=1, name="conv",
-                    dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        return Conv(self.channels, padding=1, name="conv", dtype=self.dtype,
+                    param_dtype=self.param_dtype)(upsample_nearest(x, size))
 
 
-class MidBlock(nn.Module):
+class MidBlock3D(nn.Module):
     """``UNetMidBlock3DCrossAttn``: resnet, then (attention -> motion? -> resnet)."""
 
     spec: BlockSpec
@@ -183,11 +192,11 @@ class MidBlock(nn.Module):
     @nn.compact
     def __call__(self, h, temb, context):
         s, kw = self.spec, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = _remat(ResnetBlock, s)(s.out_channels, s, name="resnets_0", **kw)(h, temb)
+        h = _remat(ResnetBlock3D, s)(s.out_channels, s, name="resnets_0", **kw)(h, temb)
         h = _remat(Transformer, s)(s, s.heads, name="attentions_0", **kw)(h, context)
         if s.has_motion:
             h = _remat(MotionModule, s)(s.motion, s.backend, name="motion_modules_0", **kw)(h)
-        return _remat(ResnetBlock, s)(s.out_channels, s, name="resnets_1", **kw)(h, temb)
+        return _remat(ResnetBlock3D, s)(s.out_channels, s, name="resnets_1", **kw)(h, temb)
 
 
 class UpBlock(nn.Module):
@@ -203,11 +212,11 @@ class UpBlock(nn.Module):
         skips = list(skips)
         for j in range(s.num_layers):
             h = jnp.concatenate([h, skips.pop()], axis=-1)
-            h = _remat(ResnetBlock, s)(s.out_channels, s, name=f"resnets_{j}", **kw)(h, temb)
+            h = _remat(ResnetBlock3D, s)(s.out_channels, s, name=f"resnets_{j}", **kw)(h, temb)
             if s.has_attention:
                 h = _remat(Transformer, s)(s, s.heads, name=f"attentions_{j}", **kw)(h, context)
             if s.has_motion:
                 h = _remat(MotionModule, s)(s.motion, s.backend, name=f"motion_modules_{j}", **kw)(h)
         if s.add_sampler:
-            h = _Sampler(s.out_channels, 1, name="upsamplers_0", **kw)(h, upsample_size)
+            h = Upsample3D(s.out_channels, name="upsamplers_0", **kw)(h, upsample_size)
         return h

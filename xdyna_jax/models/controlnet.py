@@ -12,7 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .blocks import BlockSpec, DownBlock, MidBlock
+from .blocks import BlockSpec, DownBlock, MidBlock3D
 from .configs import ControlNetConfig
 from .layers import Conv, TimestepEmbedding, dtype_of, timestep_embedding
 
@@ -79,7 +79,7 @@ class ControlNet(nn.Module):
             h, s = DownBlock(spec, name=f"down_blocks_{i}", **kw)(h, emb, context)
             skips += s
         mid_spec = BlockSpec(cfg.block_out_channels[-1], 1, cfg.attention_head_dim[-1], True, False, False, **common)
-        h = MidBlock(mid_spec, name="mid_block", **kw)(h, emb, context)
+        h = MidBlock3D(mid_spec, name="mid_block", **kw)(h, emb, context)
 
         zero_conv = lambda c, name: Conv(c, kernel_size=1, padding=0, zero_init=True, name=name, **kw)
         down = [zero_conv(x.shape[-1], f"controlnet_down_blocks_{k}")(x)[:, 0] * conditioning_scale

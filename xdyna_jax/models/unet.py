@@ -17,7 +17,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .blocks import BlockSpec, DownBlock, MidBlock, UpBlock
+from .blocks import BlockSpec, DownBlock, MidBlock3D, UpBlock
 from .configs import UNet3DConfig
 from .layers import Conv, GroupNorm, TimestepEmbedding, dtype_of, timestep_embedding
 
@@ -87,7 +87,7 @@ class UNet3D(nn.Module):
             if len(down_residuals) != len(skips):
                 raise ValueError(f"expected {len(skips)} down residuals, got {len(down_residuals)}")
             skips = [add_residual(x, r) for x, r in zip(skips, down_residuals)]
-        h = MidBlock(mid_spec, name="mid_block", **kw)(h, emb, context)
+        h = MidBlock3D(mid_spec, name="mid_block", **kw)(h, emb, context)
         if mid_residual is not None:
             h = add_residual(h, mid_residual)
 

@@ -115,7 +115,7 @@ def latent_dist_sample(mean, logvar, rng=None, noise=None):
     return mean + std * noise.astype(mean.dtype)
 
 
-class ResnetBlock(nn.Module):
+class ResnetBlock2D(nn.Module):
     """``ResnetBlock2D`` without time embedding: GN, SiLU, conv, GN, SiLU, conv, (1x1 shortcut) + input."""
 
     out_channels: int
@@ -157,7 +157,7 @@ class AttentionBlock(nn.Module):
         return Dense(c, name="to_out_0", **kw)(h).reshape(x.shape) + x.astype(self.dtype)
 
 
-class MidBlock(nn.Module):
+class MidBlock2D(nn.Module):
     """``UNetMidBlock2D``: resnet, attention, resnet (all at the same width)."""
 
     cfg: VAEConfig
@@ -167,28 +167,35 @@ class MidBlock(nn.Module):
         cfg = self.cfg
         kw = dict(dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype))
         c, g = x.shape[-1], cfg.norm_num_groups
-        x = ResnetBlock(c, g, name="resnets_0", **kw)(x)
+        x = ResnetBlock2D(c, g, name="resnets_0", **kw)(x)
         x = AttentionBlock(g, cfg.attention_backend, cfg.attention_query_chunk, name="attentions_0", **kw)(x)
-        return ResnetBlock(c, g, name="resnets_1", **kw)(x)
+        return ResnetBlock2D(c, g, name="resnets_1", **kw)(x)
 
 
-class _Sampler(nn.Module):
-    """``Downsample2D(padding=0)``: zero pad bottom/right by one, 3x3 stride-2 conv without padding;
-    ``Upsample2D``: nearest 2x, 3x3 conv. Its conv is ``conv``."""
+class Downsample2D(nn.Module):
+    """``Downsample2D(padding=0)``: zero pad bottom/right by one, then a 3x3 stride-2 conv ``conv``."""
 
     channels: int
-    down: bool
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
     @nn.compact
     def __call__(self, x):
-        if self.down:
-            x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-        else:
-            x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
-        return Conv(self.channels, stride=2 if self.down else 1, padding=0 if self.down else 1, name="conv",
-                    dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+        return Conv(self.channels, stride=2, padding=0, name="conv", dtype=self.dtype, param_dtype=self.param_dtype)(x)
+
+
+class Upsample2D(nn.Module):
+    """``Upsample2D``: nearest 2x, then a 3x3 conv ``conv``."""
+
+    channels: int
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+        return Conv(self.channels, padding=1, name="conv", dtype=self.dtype, param_dtype=self.param_dtype)(x)
 
 
 class Block(nn.Module):
@@ -203,10 +210,11 @@ class Block(nn.Module):
     def __call__(self, x):
         kw = dict(dtype=dtype_of(self.cfg.dtype), param_dtype=dtype_of(self.cfg.param_dtype))
         for j in range(self.num_layers):
-            x = ResnetBlock(self.out_channels, self.cfg.norm_num_groups, name=f"resnets_{j}", **kw)(x)
+            x = ResnetBlock2D(self.out_channels, self.cfg.norm_num_groups, name=f"resnets_{j}", **kw)(x)
         if self.sampler is not None:
-            name = "downsamplers_0" if self.sampler == "down" else "upsamplers_0"
-            x = _Sampler(self.out_channels, self.sampler == "down", name=name, **kw)(x)
+            down = self.sampler == "down"
+            sampler = Downsample2D if down else Upsample2D
+            x = sampler(self.out_channels, name="downsamplers_0" if down else "upsamplers_0", **kw)(x)
         return x
 
 
@@ -229,7 +237,7 @@ class Encoder(nn.Module):
         x = Conv(cfg.block_out_channels[0], name="conv_in", **kw)(x)
         for i, c in enumerate(cfg.block_out_channels):
             x = Block(cfg, c, cfg.layers_per_block, "down" if i < n - 1 else None, name=f"down_blocks_{i}")(x)
-        x = MidBlock(cfg, name="mid_block")(x)
+        x = MidBlock2D(cfg, name="mid_block")(x)
         return _out(cfg, x, 2 * cfg.latent_channels)
 
 
@@ -243,7 +251,7 @@ class Decoder(nn.Module):
         cfg, n = self.cfg, len(self.cfg.block_out_channels)
         kw = dict(dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype))
         x = Conv(cfg.block_out_channels[-1], name="conv_in", **kw)(z)
-        x = MidBlock(cfg, name="mid_block")(x)
+        x = MidBlock2D(cfg, name="mid_block")(x)
         for i, c in enumerate(reversed(cfg.block_out_channels)):
             x = Block(cfg, c, cfg.layers_per_block + 1, "up" if i < n - 1 else None, name=f"up_blocks_{i}")(x)
         return _out(cfg, x, cfg.out_channels)
