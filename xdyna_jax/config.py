@@ -157,9 +157,14 @@ def load(cls: type[T], path: str | Path | None = None, overrides: Sequence[str] 
         path = Path(path)
         try:
             text = path.read_text()
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read config file ({e.strerror})") from e
-        loaded = yaml.safe_load(text) or {}
+        except (OSError, UnicodeDecodeError) as e:  # missing, a folder, or a binary file
+            raise ConfigError(f"{path}: cannot read config file ({getattr(e, 'strerror', None) or e})") from e
+        try:
+            loaded = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:  # one line naming the file and the place
+            mark = getattr(e, "problem_mark", None)
+            where_ = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{path}: not valid YAML{where_} ({getattr(e, 'problem', None) or e})") from e
         if not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level, got {type(loaded).__name__}")
         data = _merge(data, loaded)

@@ -1,18 +1,26 @@
-"""``python -m xdyna_jax.data extract|render|align|build``.
+"""``python -m xdyna_jax.data extract|render|align|score|build``.
 
-  extract VIDEO_OR_IMAGE... --out DIR [--max-frames N] [--stride S] [--smooth W]   -> DIR/<stem>.npz
+  extract VIDEO_OR_IMAGE... --out DIR [--max-frames N] [--stride S] [--smooth W] [--static|--track]
+                                                                                   -> DIR/<stem>.npz
   render  POSES.npz... --out DIR [--fps F] [--size H W] [--no-hands]               -> DIR/<stem>.mp4
   align   --driving POSES.npz|VIDEO --reference POSES.npz|IMAGE --out OUT.npz [--fit-frames N]
-          [--anchor reference|driving] [--render OUT.mp4]
+          [--anchor driving|reference] [--bones|--no-bones] [--render OUT.mp4]
+  score   POSES.npz|SKELETON.mp4 --against AUTHORS_POSE.mp4 [--stride S] [--max-frames N]
   build   --out DIR [--human DIR] [--scene DIR] [--config build.yaml] [--set key=value ...]
           [--conditions MODULE:FUNCTION] [--overwrite]
           [--vae VAE_DIR] [--image-encoder IMAGE_ENCODER_DIR] [--encode-batch N]
 
 A poses ``.npz`` holds ``body (T,18,3)``, ``hands (T,2,21,3)``, ``face (T,468,3)``, ``height``, ``width``
-(``pose.Poses``). ``build`` writes an array_record dataset (``datasets.py``); its settings are
-``datasets.BuildSettings`` fields (YAML file and/or ``--set``); ``--vae`` (a diffusers ``vae/`` folder)
-and ``--image-encoder`` (IP-Adapter's ``image_encoder/``) pre-encode every frame (``encode.py``).
-Progress goes to stderr, the summary to stdout; errors are one ``error: ...`` line on stderr and exit code 2.
+(``pose.Poses``). ``extract`` tracks across consecutive frames and detects every frame on its own when
+they are far apart (``--stride`` >= ``STATIC_STRIDE``, or ``--static``); images are always detected on
+their own. ``align`` defaults to the variant closest to the authors' skeletons (``docs/DATA.md``):
+driving neck, global similarity only. ``score`` compares skeletons with the authors' ``pose_N.mp4``,
+sampled with the same stride. ``build`` writes an array_record dataset (``datasets.py``); its settings
+are ``datasets.BuildSettings`` fields (YAML file and/or ``--set``); ``--vae`` and ``--image-encoder``
+pre-encode every frame (``encode.py``).
+Options are checked before any work; every output is written under a temporary name and renamed when
+complete. Progress goes to stderr, the summary to stdout; errors are one ``error: ...`` line on stderr
+and exit code 2 (``xdyna_jax.cli``).
 """
 from __future__ import annotations
 
@@ -25,16 +33,15 @@ from pathlib import Path
 
 import numpy as np
 
+from xdyna_jax import cli
 from xdyna_jax import config as config_lib
+from xdyna_jax.cli import UserError
 
-from .datasets import BuildSettings, DatasetError, build_dataset, count_detections
+from .datasets import BuildSettings, build_dataset, count_detections, dataset_dir, list_videos
+from .files import is_image, load_poses, read_media, save_poses
 from .video import VideoError, read_video, write_video
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
-
-
-class CliError(RuntimeError):
-    pass
+STATIC_STRIDE = 3  # frames this far apart are detected one by one: tracking loses them (docs/DATA.md)
 
 
 def progress(label: str, done: int, total: int, name: str = "") -> None:
@@ -47,102 +54,174 @@ def _modules(*names: str) -> list:
         try:
             out.append(importlib.import_module(f"xdyna_jax.data.{name}"))
         except ImportError as e:
-            raise CliError(f"xdyna_jax.data.{name} is not available ({e})") from e
+            raise UserError(f"xdyna_jax.data.{name} is not available ({e}); install the `data` extra") from e
     return out
 
 
-def save_poses(path: Path, poses) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, body=poses.body, hands=poses.hands, face=poses.face,
-                        height=poses.height, width=poses.width)
+def extract_mode(path: Path, stride: int = 1, static: bool = False, track: bool = False) -> tuple[bool, str]:
+    """(static, why): how frames of ``path`` are detected."""
+    if is_image(path):
+        return True, "static (an image)"
+    if static or track:
+        return static, "static (--static)" if static else "tracking (--track)"
+    if stride >= STATIC_STRIDE:
+        return True, f"static (stride {stride} >= {STATIC_STRIDE}: frames far apart)"
+    return False, f"tracking (stride {stride} < {STATIC_STRIDE}: near frames)"
 
 
-def load_poses(path: Path):
+def poses_of(path: Path, option: str):
+    """Poses from a ``.npz``, or extracted from an image / video (tracking a video's consecutive frames)."""
+    if path.suffix.lower() == ".npz":
+        return load_poses(path, option)
     (pose,) = _modules("pose")
-    if not path.is_file():
-        raise CliError(f"{path}: poses file not found")
-    try:
-        with np.load(path) as z:
-            return pose.Poses(z["body"], z["hands"], z["face"], int(z["height"]), int(z["width"]))
-    except (OSError, ValueError, KeyError) as e:
-        raise CliError(f"{path}: not a poses .npz (expected body, hands, face, height, width): {e}") from e
+    static, _ = extract_mode(path)
+    return pose.extract_poses(read_media(path, option=option), static=static)
 
 
-def read_media(path: Path, max_frames=None, stride: int = 1) -> np.ndarray:
-    """(T, H, W, 3) RGB frames of a video, or a 1-frame array of an image."""
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        import cv2
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
-            raise CliError(f"{path}: cannot read image")
-        return img[None, ..., ::-1].copy()
-    return read_video(path, stride=stride, max_frames=max_frames)
-
-
-def poses_of(path: Path, smooth: int = 0):
-    """Poses from a ``.npz`` or by extracting them from an image / video."""
-    if path.suffix == ".npz":
-        return load_poses(path)
-    (pose,) = _modules("pose")
-    return pose.extract_poses(read_media(path), smooth_window=smooth)
+def _unique_outputs(inputs, out: Path, suffix: str) -> list[Path]:
+    outputs = [out / f"{p.stem}{suffix}" for p in inputs]
+    seen: dict[Path, Path] = {}
+    for src, dst in zip(inputs, outputs):
+        if dst in seen:
+            raise UserError(f"inputs {seen[dst]} and {src} would both write {dst} (rename one)")
+        seen[dst] = src
+    return outputs
 
 
 def cmd_extract(args) -> str:
+    cli.check_output_path(args.out, kind="dir")
+    outputs = _unique_outputs(args.inputs, args.out, ".npz")
     (pose,) = _modules("pose")
-    videos = frames = det = 0
-    skipped = []
-    for n, path in enumerate(args.inputs):
-        progress("extract", n, len(args.inputs), path.name)
-        try:
-            rgb = read_media(path, args.max_frames, args.stride)
-        except (VideoError, CliError) as e:
-            skipped.append(f"{path}: {e}")
-            continue
-        poses = pose.extract_poses(rgb, smooth_window=args.smooth)
-        save_poses(args.out / f"{path.stem}.npz", poses)
-        videos, frames, det = videos + 1, frames + len(poses), det + count_detections(poses)
+    frames = det = 0
+    skipped, lines, done = [], [], []
+    with cli.listing_completed(done):
+        for n, (path, dst) in enumerate(zip(args.inputs, outputs)):
+            progress("extract", n, len(args.inputs), path.name)
+            try:
+                rgb = read_media(path, args.max_frames, args.stride)
+            except (VideoError, UserError) as e:
+                skipped.append(cli.one_line(e))
+                continue
+            static, why = extract_mode(path, args.stride, args.static, args.track)
+            poses = pose.extract_poses(rgb, static=static, smooth_window=args.smooth)
+            save_poses(dst, poses)
+            done.append(dst)
+            frames, det = frames + len(poses), det + count_detections(poses)
+            lines.append(f"  {dst}: {len(poses)} frames, {why}")
     progress("extract", len(args.inputs), len(args.inputs))
-    lines = [f"videos: {videos}", f"frames: {frames}", f"detections: {det}", f"misses: {frames - det}",
-             f"skipped files: {len(skipped)}"] + [f"  skipped {s}" for s in skipped]
-    if videos == 0:
-        raise CliError("no input could be read: " + "; ".join(skipped))
-    return "\n".join(lines)
+    if not done:
+        raise UserError("no input could be read: " + "; ".join(skipped))
+    return "\n".join([f"inputs: {len(done)}", f"frames: {frames}", f"detections: {det}",
+                      f"misses: {frames - det}", f"skipped files: {len(skipped)}"]
+                     + [f"  skipped {s}" for s in skipped] + ["written:"] + lines)
 
 
 def cmd_render(args) -> str:
+    cli.check_output_path(args.out, kind="dir")
+    outputs = _unique_outputs(args.inputs, args.out, ".mp4")
     (render,) = _modules("render")
-    frames = 0
-    for n, path in enumerate(args.inputs):
-        progress("render", n, len(args.inputs), path.name)
-        poses = load_poses(path)
+    loaded, skipped = [], []
+    for path, dst in zip(args.inputs, outputs):  # read every input before writing anything
+        try:
+            poses = load_poses(path)
+        except UserError as e:
+            skipped.append(cli.one_line(e))
+            continue
         h, w = args.size or (poses.height, poses.width)
-        video = render.render_poses(poses, hands=not args.no_hands, height=h, width=w)
-        write_video(args.out / f"{path.stem}.mp4", video, fps=args.fps)
-        frames += len(video)
-    progress("render", len(args.inputs), len(args.inputs))
-    return f"videos: {len(args.inputs)}\nframes: {frames}\nout: {args.out}"
+        if h % 2 or w % 2:
+            skipped.append(f"{path}: frame size {poses.height}x{poses.width} has an odd side (H.264 needs even "
+                           f"sides; give --size H W)")
+            continue
+        loaded.append((path, dst, poses, h, w))
+    if not loaded:
+        raise UserError("no input could be rendered: " + "; ".join(skipped))
+    frames, done = 0, []
+    with cli.listing_completed(done):
+        for n, (path, dst, poses, h, w) in enumerate(loaded):
+            progress("render", n, len(loaded), path.name)
+            video = render.render_poses(_resized(poses, h, w), hands=not args.no_hands, height=h, width=w)
+            write_video(dst, video, fps=args.fps)
+            done.append(dst)
+            frames += len(video)
+    progress("render", len(loaded), len(loaded))
+    return "\n".join([f"videos: {len(done)}", f"frames: {frames}", f"skipped files: {len(skipped)}"]
+                     + [f"  skipped {s}" for s in skipped] + [f"out: {args.out}"] + [f"  {d}" for d in done])
+
+
+def _resized(poses, h: int, w: int):
+    """Keypoints scaled to an ``h`` x ``w`` canvas (``--size``), so the skeleton is resized, not cropped."""
+    if (h, w) == (poses.height, poses.width):
+        return poses
+    out = poses.copy()
+    scale = np.array([w / poses.width, h / poses.height], np.float32)
+    for arr in (out.body, out.hands, out.face):
+        arr[..., :2] *= scale
+    out.height, out.width = h, w
+    return out
+
+
+VARIANT_NAMES = {("reference", True): "bones, reference neck", ("reference", False): "global only, reference neck",
+                 ("driving", True): "bones, driving neck", ("driving", False): "global only, driving neck"}
+
+
+def _has_neck(poses) -> bool:
+    return bool((poses.body[:, 1, 2] >= 0.3).any())
 
 
 def cmd_align(args) -> str:
-    (align,) = _modules("align")
-    driving, reference = poses_of(args.driving), poses_of(args.reference)
-    aligned = align.align_poses(driving, reference, fit_frames=args.fit_frames, anchor=args.anchor)
-    save_poses(args.out, aligned)
+    cli.check_output_path(args.out, kind="file", suffixes=(".npz",))
     if args.render is not None:
-        (render,) = _modules("render")
-        write_video(args.render, render.render_poses(aligned), fps=args.fps)
+        cli.check_output_path(args.render, kind="file", option="--render", suffixes=(".mp4",))
+        if args.render.absolute() == args.out.absolute():
+            raise UserError(f"--render {args.render}: the same file as --out")
+    (align,) = _modules("align")
+    driving, reference = poses_of(args.driving, "--driving"), poses_of(args.reference, "--reference")
+    for opt, path, poses in (("--driving", args.driving, driving), ("--reference", args.reference, reference)):
+        if not _has_neck(poses):
+            raise UserError(f"{opt} {path}: no body found in any frame (a neck, i.e. both shoulders, is needed "
+                            f"to align)")
+    aligned = align.align_poses(driving, reference, fit_frames=args.fit_frames, anchor=args.anchor,
+                                bones=args.bones)
+    with contextlib.ExitStack() as stack:  # both outputs renamed into place only when both are complete
+        if args.render is not None:
+            (render,) = _modules("render")
+            write_video(stack.enter_context(cli.atomic_file(args.render)), render.render_poses(aligned),
+                        fps=args.fps)
+        save_poses(stack.enter_context(cli.atomic_file(args.out)), aligned)
     det = count_detections(aligned)
-    return f"frames: {len(aligned)}\ndetections: {det}\nmisses: {len(aligned) - det}\nout: {args.out}"
+    return "\n".join([f"variant: {VARIANT_NAMES[args.anchor, args.bones]} (--anchor {args.anchor}, "
+                      f"{'--bones' if args.bones else '--no-bones'})", f"frames: {len(aligned)}",
+                      f"detections: {det}", f"misses: {len(aligned) - det}", f"out: {args.out}"]
+                     + ([f"render: {args.render}"] if args.render is not None else []))
+
+
+def cmd_score(args) -> str:
+    render, score = _modules("render", "score")
+    if args.skeleton.suffix.lower() == ".npz":
+        ours = render.render_poses(load_poses(args.skeleton))
+    else:
+        ours = read_video(args.skeleton, max_frames=args.max_frames)
+    theirs = read_video(args.against, stride=args.stride, max_frames=args.max_frames)
+    t = min(len(ours), len(theirs), args.max_frames or len(ours))
+    if ours.shape[1:3] != theirs.shape[1:3]:
+        raise UserError(f"{args.skeleton}: frames are {ours.shape[1]}x{ours.shape[2]}, --against {args.against} "
+                        f"frames {theirs.shape[1]}x{theirs.shape[2]} (expected the same size)")
+    ious = [score.mask_iou(a, b) for a, b in zip(ours[:t], theirs[:t])]
+    dists = [score.joint_distance(a, b) for a, b in zip(ours[:t], theirs[:t])]
+    d = np.array([x for x, k in dists if k > 0])
+    joints = f"{d.mean():.1f}" if len(d) else "nan"
+    return "\n".join([f"frames: {t}", f"iou: {np.mean(ious):.3f} (min {np.min(ious):.3f})",
+                      f"joint px: {joints} ({np.mean([k for _, k in dists]):.1f} joints per frame)"])
 
 
 def load_conditions(spec: str):
     module, _, func = spec.partition(":")
     if not func:
-        raise CliError(f"--conditions {spec!r}: expected MODULE:FUNCTION")
+        raise UserError(f"--conditions {spec!r}: expected MODULE:FUNCTION")
     try:
         return getattr(importlib.import_module(module), func)
     except (ImportError, AttributeError) as e:
-        raise CliError(f"--conditions {spec!r}: cannot import ({e})") from e
+        raise UserError(f"--conditions {spec!r}: cannot import ({e})") from e
 
 
 def encoders(args):
@@ -158,8 +237,21 @@ def encoders(args):
 
 
 def cmd_build(args) -> str:
+    if args.human is None and args.scene is None:
+        raise UserError("build: give --human, --scene or both (video folders)")
+    for opt, path in (("--human", args.human), ("--scene", args.scene), ("--vae", args.vae),
+                      ("--image-encoder", args.image_encoder)):
+        if path is not None and not path.exists():
+            raise UserError(f"{opt} {path}: no such folder or file")
+    for folder in (args.human, args.scene):
+        if folder is not None:
+            list_videos(folder)  # an empty folder fails here, before anything is loaded
     settings = config_lib.load(BuildSettings, args.config, args.set)
     conditions = load_conditions(args.conditions) if args.conditions else None
+    cli.check_output_path(args.out, kind="dir")
+    target = dataset_dir(args.out)
+    if target.exists() and not args.overwrite:
+        raise UserError(f"{target}: dataset already exists (pass --overwrite)")
     features, extra_fn = encoders(args)
     with contextlib.redirect_stdout(sys.stderr):  # TFDS prints its own status lines
         import tensorflow_datasets as tfds
@@ -172,28 +264,41 @@ def cmd_build(args) -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m xdyna_jax.data", description=__doc__.split("\n\n")[0])
+    pos, nonneg, fps = cli.int_range(1), cli.int_range(0), cli.float_range(0, 1000, lo_open=True)
+    p = cli.ArgumentParser(prog="python -m xdyna_jax.data", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("extract", help="videos / images -> poses .npz")
     e.add_argument("inputs", nargs="+", type=Path)
     e.add_argument("--out", type=Path, required=True)
-    e.add_argument("--max-frames", type=int)
-    e.add_argument("--stride", type=int, default=1)
-    e.add_argument("--smooth", type=int, default=0, help="temporal smoothing window (frames; 0 = off)")
+    e.add_argument("--max-frames", type=pos)
+    e.add_argument("--stride", type=pos, default=1, help=f"every S-th frame; S >= {STATIC_STRIDE} detects "
+                                                         f"each frame on its own")
+    e.add_argument("--smooth", type=nonneg, default=0, help="temporal smoothing window (frames; 0 = off)")
+    mode = e.add_mutually_exclusive_group()
+    mode.add_argument("--static", action="store_true", help="detect every frame on its own")
+    mode.add_argument("--track", action="store_true", help="track across frames whatever the stride")
     r = sub.add_parser("render", help="poses .npz -> skeleton mp4")
     r.add_argument("inputs", nargs="+", type=Path)
     r.add_argument("--out", type=Path, required=True)
-    r.add_argument("--fps", type=float, default=8.0)
-    r.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
+    r.add_argument("--fps", type=fps, default=8.0)
+    r.add_argument("--size", type=cli.even_int(), nargs=2, metavar=("H", "W"), help="resize the skeleton")
     r.add_argument("--no-hands", action="store_true")
     a = sub.add_parser("align", help="retarget driving poses onto a reference body")
     a.add_argument("--driving", type=Path, required=True)
     a.add_argument("--reference", type=Path, required=True)
-    a.add_argument("--out", type=Path, required=True)
-    a.add_argument("--fit-frames", type=int, default=10)
-    a.add_argument("--anchor", choices=("reference", "driving"), default="reference")
-    a.add_argument("--render", type=Path, help="also write the aligned skeleton video here")
-    a.add_argument("--fps", type=float, default=8.0)
+    a.add_argument("--out", type=Path, required=True, help="aligned poses .npz")
+    a.add_argument("--fit-frames", type=pos, default=10)
+    a.add_argument("--anchor", choices=("driving", "reference"), default="driving",
+                   help="where the first driving neck goes (default driving: closest to the authors' skeletons)")
+    a.add_argument("--bones", action=argparse.BooleanOptionalAction, default=False,
+                   help="retarget each bone to the reference length (default: global similarity only)")
+    a.add_argument("--render", type=Path, help="also write the aligned skeleton video here (.mp4)")
+    a.add_argument("--fps", type=fps, default=8.0)
+    s = sub.add_parser("score", help="overlap of a skeleton with the authors' pose_N.mp4")
+    s.add_argument("skeleton", type=Path, help="poses .npz (rendered here) or a skeleton .mp4")
+    s.add_argument("--against", type=Path, required=True, help="the authors' skeleton video (pose_N.mp4)")
+    s.add_argument("--stride", type=pos, default=1, help="the stride the skeleton's frames were extracted with")
+    s.add_argument("--max-frames", type=pos)
     b = sub.add_parser("build", help="video folders -> array_record dataset")
     b.add_argument("--out", type=Path, required=True)
     b.add_argument("--human", type=Path)
@@ -205,24 +310,25 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--vae", type=Path, help="pre-encode VAE posteriors with this diffusers vae/ folder or file")
     b.add_argument("--image-encoder", type=Path,
                    help="pre-encode CLIP hidden_states[-2] with this transformers image_encoder/ folder or file")
-    b.add_argument("--encode-batch", type=int, default=8, help="frames per encoder call")
+    b.add_argument("--encode-batch", type=pos, default=8, help="frames per encoder call")
     return p
 
 
-COMMANDS = {"extract": cmd_extract, "render": cmd_render, "align": cmd_align, "build": cmd_build}
+COMMANDS = {"extract": cmd_extract, "render": cmd_render, "align": cmd_align, "score": cmd_score,
+            "build": cmd_build}
+
+
+def _run(argv) -> None:
+    args = parser().parse_args(argv)
+    t0 = time.time()
+    summary = COMMANDS[args.cmd](args)
+    print(summary)
+    print(f"time: {time.time() - t0:.1f}s")
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    t0 = time.time()
-    try:
-        summary = COMMANDS[args.cmd](args)
-    except (CliError, DatasetError, VideoError, config_lib.ConfigError, OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(summary)
-    print(f"time: {time.time() - t0:.1f}s")
-    return 0
+    """Exit code 0, or 2 with one ``error: ...`` line for bad input (``xdyna_jax.cli.run``)."""
+    return cli.run(_run, argv)
 
 
 if __name__ == "__main__":

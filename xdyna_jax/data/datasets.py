@@ -50,6 +50,8 @@ from typing import Any, Callable, Literal, Mapping, Optional
 
 import numpy as np
 
+from xdyna_jax.cli import atomic_dir
+
 # re-exported: the reading side lives in records.py
 from .records import (NAME, SPLITS, VERSION, DatasetError, dataset_dir, decode_image, encode_image,
                       load_report, open_splits, resolve_dataset_dir)
@@ -251,7 +253,8 @@ def build_dataset(out_dir: str | Path, human_dir: str | Path | None = None, scen
     """Build ``OUT/xdyna_videos/1.0.0`` from the video folders; returns (and writes) the build report.
 
     Unreadable videos are skipped and listed in ``report.skipped``; a split none of whose videos
-    could be read is an error, as are empty folders.
+    could be read is an error, as are empty folders. The dataset folder is built under a temporary name
+    beside its final place and renamed when complete: a failed build leaves nothing behind.
     """
     if human_dir is None and scene_dir is None:
         raise DatasetError("build_dataset: give a human video folder, a scene video folder, or both")
@@ -260,28 +263,29 @@ def build_dataset(out_dir: str | Path, human_dir: str | Path | None = None, scen
     if human_dir is not None and conditions_fn is None:
         conditions_fn = default_conditions
     target = dataset_dir(out_dir)
-    if target.exists():
-        if not overwrite:
-            raise DatasetError(f"{target}: dataset already exists (pass overwrite=True / --overwrite)")
-        shutil.rmtree(target)
+    if target.exists() and not overwrite:
+        raise DatasetError(f"{target}: dataset already exists (pass overwrite=True / --overwrite)")
     report = BuildReport(dataset_dir=str(target))
-    builder = _make_builder_class()(data_dir=out_dir, sources=sources, settings=settings,
-                                    conditions_fn=conditions_fn, report=report, extra_features=extra_features,
-                                    extra_fn=extra_fn, progress=progress)
-    try:
-        builder.download_and_prepare()
-    except AssertionError as e:
-        if "No examples were yielded" not in str(e):
-            raise
-        split = next((s for s in sources if f'"{s}"' in str(e)), "?")
-        folder = sources[split][0] if split in sources else "?"
-        reasons = "; ".join(f"{Path(s['file']).name}: {s['reason']}" for s in report.skipped)
-        raise DatasetError(f"{folder}: none of the {split} videos could be used ({reasons})") from e
-    finally:
-        downloads = Path(out_dir) / "downloads"  # TFDS makes an (unused) downloads/extracted folder
-        if downloads.is_dir() and not any(p.is_file() for p in downloads.rglob("*")):
-            shutil.rmtree(downloads)
-    (target / "build_report.json").write_text(json.dumps(report.to_dict(), indent=1))
+    with atomic_dir(target, overwrite=overwrite, hint=" (pass overwrite=True / --overwrite)") as tmp:
+        # TFDS writes <data_dir>/xdyna_videos/1.0.0 (+ an unused downloads/): build in a scratch data_dir
+        # inside the temporary folder, then lift the version folder's files up into it
+        scratch = tmp / "_tfds"
+        builder = _make_builder_class()(data_dir=scratch, sources=sources, settings=settings,
+                                        conditions_fn=conditions_fn, report=report, extra_features=extra_features,
+                                        extra_fn=extra_fn, progress=progress)
+        try:
+            builder.download_and_prepare()
+        except AssertionError as e:
+            if "No examples were yielded" not in str(e):
+                raise
+            split = next((s for s in sources if f'"{s}"' in str(e)), "?")
+            folder = sources[split][0] if split in sources else "?"
+            reasons = "; ".join(f"{Path(s['file']).name}: {s['reason']}" for s in report.skipped)
+            raise DatasetError(f"{folder}: none of the {split} videos could be used ({reasons})") from e
+        for item in dataset_dir(scratch).iterdir():
+            item.rename(tmp / item.name)
+        shutil.rmtree(scratch)
+        (tmp / "build_report.json").write_text(json.dumps(report.to_dict(), indent=1))
     return report
 
 

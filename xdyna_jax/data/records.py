@@ -12,11 +12,13 @@ from typing import Sequence
 
 import numpy as np
 
+from xdyna_jax.cli import UserError
+
 NAME, VERSION = "xdyna_videos", "1.0.0"
 SPLITS = ("human", "scene")
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """A dataset could not be built or read (the message names the folder or file)."""
 
 

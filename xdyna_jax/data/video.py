@@ -1,7 +1,9 @@
 """Video files <-> uint8 RGB arrays (PyAV).
 
-``read_video`` returns ``(T, H, W, 3)`` uint8 RGB; ``write_video`` writes an H.264 (yuv420p) mp4.
-Errors name the file: a missing, unreadable or frame-less video raises ``VideoError``.
+``read_video`` returns ``(T, H, W, 3)`` uint8 RGB; ``write_video`` writes an H.264 (yuv420p) mp4 under a
+temporary name and renames it when complete (an interrupted write leaves nothing).
+Errors name the file: a missing, empty, unreadable or frame-less video raises ``VideoError``, saying what
+the file looks like when it is not a video.
 """
 from __future__ import annotations
 
@@ -10,10 +12,12 @@ from typing import Optional, Union
 
 import numpy as np
 
+from xdyna_jax.cli import UserError, atomic_file, sniff
+
 PathLike = Union[str, Path]
 
 
-class VideoError(RuntimeError):
+class VideoError(UserError, RuntimeError):
     """A video could not be read (missing, not a video, no video stream, or no frames)."""
 
 
@@ -27,8 +31,7 @@ def read_video(path: PathLike, stride: int = 1, max_frames: Optional[int] = None
         raise ValueError(f"stride must be >= 1, got {stride}")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be >= 1 or None, got {max_frames}")
-    if not path.is_file():
-        raise VideoError(f"video file not found: {path}")
+    _check_file(path)
     frames = []
     try:
         with av.open(str(path)) as container:
@@ -45,7 +48,7 @@ def read_video(path: PathLike, stride: int = 1, max_frames: Optional[int] = None
     except VideoError:
         raise
     except (av.error.FFmpegError, ValueError, OSError) as exc:  # InvalidDataError, decoder failures, ...
-        raise VideoError(f"cannot decode video {path}: {exc}") from exc
+        raise VideoError(f"cannot decode video {path}: {_what(path)} ({exc})") from exc
     if not frames:
         raise VideoError(f"no frames decoded from {path} (start={start}, stride={stride})")
     return np.stack(frames).astype(np.uint8, copy=False)
@@ -56,8 +59,7 @@ def video_info(path: PathLike) -> dict:
     import av
 
     path = Path(path)
-    if not path.is_file():
-        raise VideoError(f"video file not found: {path}")
+    _check_file(path)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -68,7 +70,21 @@ def video_info(path: PathLike) -> dict:
     except VideoError:
         raise
     except (av.error.FFmpegError, ValueError, OSError) as exc:
-        raise VideoError(f"cannot open video {path}: {exc}") from exc
+        raise VideoError(f"cannot open video {path}: {_what(path)} ({exc})") from exc
+
+
+def _what(path: Path) -> str:
+    kind = sniff(path)
+    return "damaged or truncated video" if "video" in kind else f"not a video, it looks like {kind}"
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise VideoError(f"{path}: no such file (expected a video)")
+    if not path.is_file():
+        raise VideoError(f"{path}: not a file (expected a video)")
+    if path.stat().st_size == 0:
+        raise VideoError(f"{path}: empty file, 0 bytes (expected a video)")
 
 
 def write_video(path: PathLike, frames: np.ndarray, fps: float = 8.0, crf: int = 18) -> Path:
@@ -84,9 +100,11 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float = 8.0, crf: int =
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:
         raise ValueError(f"H and W must be even for yuv420p, got {h}x{w}")
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a finite number > 0, got {fps}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with av.open(str(path), mode="w") as container:
+    fmt = {".mkv": "matroska", ".mov": "mov"}.get(path.suffix.lower(), "mp4")  # not by the temporary name
+    with atomic_file(path) as tmp, av.open(str(tmp), mode="w", format=fmt) as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         stream.options = {"crf": str(crf)}

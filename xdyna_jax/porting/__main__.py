@@ -6,6 +6,8 @@
   convert --kind clip_vision|clip_text --checkpoint FILE_OR_TRANSFORMERS_DIR --out DIR
   export  --kind unet --params DIR --out unet.safetensors [--dtype float16]
   inspect FILE_OR_DIFFUSERS_DIR
+  bundle --out DIR --unet ... --pose-controlnet ... (the whole official set; see bundle_cli.py)
+  export-bundle --bundle DIR --out OUT_DIR
 
 ``convert`` writes DIR/params (an Orbax checkpoint of the param tree), DIR/config.yaml (the model
 config, ``xdyna_jax.config`` format) and, for a composed UNet, DIR/report.txt. The model config
@@ -25,6 +27,7 @@ from typing import Any, Mapping
 import numpy as np
 import yaml
 
+from xdyna_jax import cli
 from xdyna_jax import config as config_lib
 
 from .io import PortingError, find_diffusers_weights, read_raw, read_state_dict, to_numpy, write_safetensors
@@ -47,14 +50,26 @@ def load_model_config(kind: str, path: str | None, xdyna_yaml: str | None = None
         if xdyna_yaml is not None:
             try:
                 extra = yaml.safe_load(Path(xdyna_yaml).read_text()) or {}
-            except (OSError, yaml.YAMLError) as e:
-                raise PortingError(f"{xdyna_yaml}: cannot read ({e})") from e
+            except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+                raise PortingError(f"--xdyna-yaml {xdyna_yaml}: cannot read as YAML ({cli.one_line(e)}); "
+                                   f"it looks like {cli.sniff(xdyna_yaml)}") from e
             # x_dyna.yaml keeps the UNet kwargs under unet_additional_kwargs; a bare mapping also works
-            extra = extra.get("unet_additional_kwargs", extra)
+            extra = extra.get("unet_additional_kwargs", extra) if isinstance(extra, dict) else extra
+            if not isinstance(extra, dict):
+                raise PortingError(f"--xdyna-yaml {xdyna_yaml}: expected a mapping (x_dyna.yaml with "
+                                   f"unet_additional_kwargs), found {type(extra).__name__}")
         try:
-            cfg = from_json(json.loads(Path(path).read_text()), **extra)
-        except (OSError, json.JSONDecodeError, ValueError, TypeError) as e:
-            raise PortingError(f"{path}: {e}") from e
+            data = json.loads(Path(path).read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise PortingError(f"--config {path}: cannot read as JSON ({cli.one_line(e)}); "
+                               f"it looks like {cli.sniff(path)}") from e
+        if not isinstance(data, dict):
+            raise PortingError(f"--config {path}: expected a JSON object (a diffusers config.json), "
+                               f"found {type(data).__name__}")
+        try:
+            cfg = from_json(data, **extra)
+        except (ValueError, TypeError, KeyError) as e:
+            raise PortingError(f"--config {path}: {e}") from e
         return config_lib.load(cls, None, overrides, defaults=cfg) if overrides else cfg
     if xdyna_yaml is not None:
         raise PortingError("--xdyna-yaml goes with a diffusers config.json given to --config")
@@ -65,9 +80,27 @@ def load_model_config(kind: str, path: str | None, xdyna_yaml: str | None = None
     return config_lib.load(cls, None, overrides, defaults=getattr(cls, preset)())
 
 
+def _check_sources(args, *options: str) -> None:
+    """Every given input exists (a file, or a folder where one is accepted) before any work starts."""
+    for opt in options:
+        value = getattr(args, opt.lstrip("-").replace("-", "_"), None)
+        if value is None:
+            continue
+        path = Path(value)
+        if not path.exists():
+            raise PortingError(f"{opt} {path}: no such file or folder")
+        if path.is_file() and path.stat().st_size == 0:
+            raise PortingError(f"{opt} {path}: empty file, 0 bytes")
+
+
 def _convert(args) -> None:
     from . import loaders
     from .convert import params_from_torch
+
+    _check_sources(args, "--checkpoint", "--init", "--sd15", "--config", "--xdyna-yaml")
+    out = Path(args.out).absolute()
+    empty = out.is_dir() and not any(out.iterdir())  # a folder made for it beforehand is fine
+    cli.check_output_path(out, kind="dir", overwrite=args.force or empty, hint=" (use --force to overwrite)")
 
     # a ControlNet, VAE or CLIP without any config given takes its folder's config.json (ControlNet: or its weights)
     given = args.config is not None or args.set or args.preset is not None
@@ -102,8 +135,7 @@ def _convert(args) -> None:
         params, cfg = getattr(loaders, f"load_{args.kind}")(args.checkpoint, cfg)
     else:
         params = params_from_torch(read_state_dict(args.checkpoint), cfg, where=args.checkpoint)
-    out = Path(args.out).absolute()
-    save_converted(out, params, cfg, report, force=args.force)
+    save_converted(out, params, cfg, report, force=args.force or empty)
     if report is not None:
         print(report.splitlines()[0])
     n = sum(int(np.prod(v.shape)) for v in _leaves(params))
@@ -119,7 +151,14 @@ def _leaves(tree):
 def _export(args) -> None:
     from .convert import params_to_torch
 
+    _check_sources(args, "--params", "--config", "--xdyna-yaml")
     src = Path(args.params)
+    if not src.is_dir():
+        raise PortingError(f"--params {src}: not a directory (expected a folder written by `convert`)")
+    if args.config is None and not (src / "config.yaml").is_file():
+        raise PortingError(f"--params {src}: no config.yaml (expected a folder written by `convert`, "
+                           f"or give --config)")
+    cli.check_output_path(args.out, kind="file", suffixes=(".safetensors",))
     cfg_path = args.config or src / "config.yaml"
     cfg = load_model_config(args.kind, str(cfg_path), args.xdyna_yaml, overrides=args.set)
     params = restore_params(src / "params" if (src / "params").is_dir() else src)
@@ -136,7 +175,8 @@ def _export(args) -> None:
 def _inspect(args) -> None:
     path = Path(args.file)
     if path.is_dir():
-        path = find_diffusers_weights(path)
+        hf = [path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()]
+        path = hf[0] if hf else find_diffusers_weights(path)
     raw = read_raw(path)
     if isinstance(raw, Mapping) and isinstance(raw.get("state_dict"), Mapping):
         raw = raw["state_dict"]
@@ -163,7 +203,7 @@ def _inspect(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m xdyna_jax.porting", description=__doc__.split("\n\n")[0])
+    p = cli.ArgumentParser(prog="python -m xdyna_jax.porting", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
 
     def config_args(sp):
@@ -181,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "a transformers folder for clip_vision / clip_text)")
     c.add_argument("--init", help="UNet init file (animatediff_v15_v1_ipplus.pth) to overlay --checkpoint on")
     c.add_argument("--sd15", help="plain SD1.5 UNet weights: start a fresh X-Dyna UNet from them")
-    c.add_argument("--seed", type=int, default=0, help="init seed of the new layers with --sd15")
+    c.add_argument("--seed", type=cli.int_range(0, 2**32 - 1), default=0, help="init seed of the new layers with --sd15")
     c.add_argument("--out", required=True, help="output directory")
     c.add_argument("--force", action="store_true", help="overwrite an existing output")
     c.set_defaults(func=_convert)
@@ -196,17 +236,21 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("inspect", help="list the keys, shapes and dtypes of a checkpoint")
     i.add_argument("file")
     i.set_defaults(func=_inspect)
+
+    from .bundle_cli import add_commands  # bundle, export-bundle: every network in one folder
+
+    add_commands(sub, DTYPES)
     return p
 
 
-def main(argv=None) -> int:
+def _run(argv) -> None:
     args = build_parser().parse_args(argv)
-    try:
-        args.func(args)
-    except (ValueError, OSError) as e:  # PortingError and ConfigError are ValueErrors
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    args.func(args)
+
+
+def main(argv=None) -> int:
+    """Exit code 0, or 2 with one ``error: ...`` line for bad input (``xdyna_jax.cli.run``)."""
+    return cli.run(_run, argv)
 
 
 if __name__ == "__main__":

@@ -10,15 +10,20 @@ the model's param dtype.
 """
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
+from xdyna_jax.cli import DAMAGED_ZIP, PICKLE, SAFETENSORS, TORCH_ZIP, UserError, atomic_file, sniff
+
 PICKLE_SUFFIXES = (".ckpt", ".pth", ".pt", ".bin")
+# the kinds torch.load is tried on (a cut-short zip too: torch then says how it is damaged)
+TORCH_KINDS = (TORCH_ZIP, PICKLE, DAMAGED_ZIP)
 
 
-class PortingError(ValueError):
+class PortingError(UserError):
     """A checkpoint does not fit the model (or cannot be read); the message names what and where."""
 
 
@@ -35,6 +40,8 @@ def read_state_dict(path: str | Path, select: str | None = None) -> dict[str, np
 def read_raw(path: str | Path) -> Any:
     """The file's top-level object as stored (tensors still torch tensors for pickles)."""
     path = Path(path)
+    if path.is_dir():
+        raise PortingError(f"{path}: is a directory (expected a checkpoint file)")
     if not path.is_file():
         raise PortingError(f"{path}: no such file")
     if path.suffix == ".safetensors":
@@ -42,7 +49,7 @@ def read_raw(path: str | Path) -> Any:
     if path.suffix in PICKLE_SUFFIXES:
         return _read_pickle(path)
     raise PortingError(f"{path}: unknown checkpoint format {path.suffix!r} "
-                       f"(expected .safetensors or one of {', '.join(PICKLE_SUFFIXES)})")
+                       f"(expected .safetensors or one of {', '.join(PICKLE_SUFFIXES)}); it looks like {sniff(path)}")
 
 
 def unwrap(raw: Mapping[str, Any], select: str | None = None, where: str = "state dict") -> dict[str, np.ndarray]:
@@ -95,34 +102,56 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
+    kind = sniff(path)
+    if kind != SAFETENSORS:  # say what it is instead of the library's "header too small"
+        raise PortingError(f"{path}: cannot read as a safetensors file: it looks like {kind}")
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
-        raise PortingError(f"{path}: cannot read safetensors file ({e})") from e
+        raise PortingError(f"{path}: cannot read safetensors file, damaged or truncated ({e})") from e
 
 
 def _read_pickle(path: Path) -> Any:
+    kind = sniff(path)
+    if kind not in TORCH_KINDS:
+        hint = " (give it a .safetensors name)" if kind == SAFETENSORS else ""
+        raise PortingError(f"{path}: not a torch checkpoint: it looks like {kind}{hint}")
     try:
         import torch
     except ImportError as e:
         raise PortingError(f"{path}: reading torch pickles needs torch installed "
                            f"(or convert the file to .safetensors)") from e
+    if kind == DAMAGED_ZIP:  # torch would only say "failed finding central directory"
+        raise PortingError(f"{path}: damaged or truncated torch checkpoint (its zip archive is incomplete)")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, ... by version; report any
-        raise PortingError(
-            f"{path}: torch.load(weights_only=True) failed ({type(e).__name__}: {str(e).splitlines()[0]}); "
-            f"the file holds more than tensors and plain containers. If you trust it, re-save its "
-            f"state dict with torch.save(torch.load(f, weights_only=False)['state_dict'], ...)") from e
+    except pickle.UnpicklingError as e:
+        if "weights only load failed" not in str(e).lower():
+            raise PortingError(f"{path}: damaged or truncated torch checkpoint ({_first_line(e)})") from e
+        # a real checkpoint with pickled objects besides tensors: name them, never advise unsafe loading
+        why = next((ln.split("WeightsUnpickler error:", 1)[1].split(" was not")[0].strip()
+                    for ln in str(e).splitlines() if "WeightsUnpickler error:" in ln), _first_line(e))
+        raise PortingError(f"{path}: torch.load(weights_only=True) failed: the file holds Python objects besides "
+                           f"tensors and plain containers ({why}); unpickling those could run code, so it is "
+                           f"not loaded. Re-save its tensors alone (a state dict) as .safetensors") from e
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError, AttributeError, IndexError) as e:
+        # what torch raises for cut-short zips / pickles and stray bytes, by version
+        raise PortingError(f"{path}: damaged or truncated torch checkpoint ({type(e).__name__}: "
+                           f"{_first_line(e)})") from e
+
+
+def _first_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[0][:200] if lines else type(e).__name__
 
 
 def write_safetensors(state: Mapping[str, np.ndarray], path: str | Path, metadata: Mapping[str, str] | None = None):
+    """Write ``state`` to ``path`` (written under a temporary name, renamed when complete)."""
     from safetensors.numpy import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path),
-              metadata=dict(metadata) if metadata else None)
+    with atomic_file(path) as tmp:
+        save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(tmp),
+                  metadata=dict(metadata) if metadata else None)
 
 
 def find_diffusers_weights(folder: str | Path) -> Path:

@@ -1,7 +1,8 @@
 """The on-disk form of converted weights: ``DIR/params`` (Orbax) + ``DIR/config.yaml``.
 
 ``python -m xdyna_jax.porting convert`` writes it; ``load_converted`` reads it back for sampling,
-training or ``export``.
+training or ``export``. The folder is built under a temporary name beside ``DIR`` and renamed into place
+when complete, so a failed or interrupted conversion leaves nothing behind.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import yaml
 
 from xdyna_jax import config as config_lib
+from xdyna_jax.cli import atomic_dir
 
 from .io import PortingError
 
@@ -44,18 +46,25 @@ def restore_params(path: Path):
 
     path = Path(path).absolute()
     if not path.is_dir():
-        raise PortingError(f"{path}: no Orbax checkpoint here")
-    with ocp.StandardCheckpointer() as ckptr:
-        return ckptr.restore(path)
+        raise PortingError(f"{path}: no Orbax checkpoint here (no such directory)")
+    if not (path / "_METADATA").is_file():
+        raise PortingError(f"{path}: not an Orbax checkpoint (no _METADATA file; expected the params/ folder "
+                           f"written by `convert`)")
+    try:
+        with ocp.StandardCheckpointer() as ckptr:
+            return ckptr.restore(path)
+    except (OSError, ValueError, KeyError) as e:  # missing / cut-short files, unparsable metadata
+        raise PortingError(f"{path}: damaged Orbax checkpoint ({type(e).__name__}: {e})") from e
 
 
 def save_converted(out: Path, params, cfg, report: str | None = None, force: bool = False) -> None:
-    """Write DIR/params, DIR/config.yaml and (optionally) DIR/report.txt."""
+    """Write DIR/params, DIR/config.yaml and (optionally) DIR/report.txt, all or nothing."""
     out = Path(out).absolute()
-    save_params(params, out / "params", force=force)
-    (out / "config.yaml").write_text(yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
-    if report is not None:
-        (out / "report.txt").write_text(report + "\n")
+    with atomic_dir(out, overwrite=force, hint=" (use --force to overwrite)") as tmp:
+        save_params(params, tmp / "params")
+        (tmp / "config.yaml").write_text(yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
+        if report is not None:
+            (tmp / "report.txt").write_text(report + "\n")
 
 
 def load_converted(path: str | Path, kind: str, overrides=()) -> tuple[Any, Any]:
