@@ -160,3 +160,13 @@ def test_driving_job_extracts_aligns_renders_and_builds_sface(examples_dir, tmp_
     assert _read(out / "reference_1_driving_1.mp4").shape == (2, 128, 64, 3)
     # reference | driving | face global | face local | skeleton | result
     assert _read(out / "reference_1_driving_1_grid.mp4").shape == (2, 128, 6 * 64, 3)
+
+
+def test_embedded_default_without_examples_generates_its_inputs(tmp_path):
+    from xdyna_jax.sampling import jobs, run as sample_run
+
+    (job,) = sample_run.default_inputs(None, tmp_path, height=128, width=64, frames=16)
+    jobs.check_files([job])
+    x = jobs.read_job(job, frames=16, stride=2, height=128, width=64, face=False)
+    assert x.pose.shape == (8, 128, 64, 3) and x.reference.shape == (128, 64, 3)
+    assert x.pose.any() and -1 <= x.reference.min() < x.reference.max() <= 1  # a drawn figure, not blank
