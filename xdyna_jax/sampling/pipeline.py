@@ -137,7 +137,7 @@ def _window_eps(params, window, t, text_uc, text_c, ctx_uc, ctx_c, pose, face, c
 
 def _denoise_loop(params, sched: DDIMSchedule, guidance_scale, conditioning_scale, ref_latent, text_c, text_uc,
                   img_c, img_uc, pose, face, draws: Draws, *, models, size: int, overlap: int, do_cfg: bool,
-                  cn_once: bool):
+                  cn_once: bool, on_step=None):
     b, n = draws.noise.shape[:2]
     ref = jnp.asarray(ref_latent, jnp.float32)
     x = initial_latents(sched, ref, draws.mask, draws.noise)
@@ -169,14 +169,18 @@ def _denoise_loop(params, sched: DDIMSchedule, guidance_scale, conditioning_scal
             eps = eps[:, :, 0] + guidance_scale * (eps[:, :, 1] - eps[:, :, 0])
         else:
             eps = eps[:, :, 0]
-        return ddim_step(sched, i, x, eps), None
+        x = ddim_step(sched, i, x, eps)
+        if on_step is not None:  # host progress; depends on x so it fires when the step is done
+            jax.debug.callback(on_step, i, jnp.sum(x[:1, :1, :1, :1, :1]))
+        return x, None
 
     steps = sched.timesteps.shape[0]
     x, _ = jax.lax.scan(step, x, (jnp.arange(steps), jnp.swapaxes(jnp.asarray(draws.offsets, jnp.int32), 0, 1)))
     return x
 
 
-_denoise_loop_jit = jax.jit(_denoise_loop, static_argnames=("models", "size", "overlap", "do_cfg", "cn_once"))
+_denoise_loop_jit = jax.jit(_denoise_loop, static_argnames=("models", "size", "overlap", "do_cfg", "cn_once",
+                                                           "on_step"))
 _arrays_equal = jax.jit(jnp.array_equal)
 
 
@@ -205,7 +209,8 @@ def _check_shapes(ref_latent, text_states, uncond_text_states, image_tokens, unc
 
 def sample_latents(params, ref_latent, text_states, image_tokens, uncond_image_tokens, pose, face=None, *,
                    draws: Draws, models: xdyna.ModelsConfig, config: SampleConfig = SampleConfig(),
-                   uncond_text_states=None, schedule: DDIMSchedule | None = None, mesh=None) -> jax.Array:
+                   uncond_text_states=None, schedule: DDIMSchedule | None = None, mesh=None,
+                   on_step=None) -> jax.Array:
     """Run the X-Dyna sampler on B independent jobs; returns the final latents ``(B, N, h, w, C)``
     of the N generated frames (the reference frame dropped), float32, before ``/ 0.18215`` and decoding.
 
@@ -224,6 +229,8 @@ def sample_latents(params, ref_latent, text_states, image_tokens, uncond_image_t
     schedule: a DDIM schedule; default ``make_schedule(config.steps)``.
     mesh: when given, the batch inputs and draws are placed with the batch split over its data axes
       (params are used as placed: shard them with ``xdyna.param_shardings``).
+    on_step: optional host function ``on_step(step_index, _)`` called as each step completes (a progress
+      bar); a static argument, so pass the same function each time (it may be called once per device).
 
     Compiled once per (B, N, h, w, models, window settings, guidance on/off, controlnet_once); the
     seed, guidance and conditioning scales and the draws are traced values.
@@ -251,5 +258,5 @@ def sample_latents(params, ref_latent, text_states, image_tokens, uncond_image_t
             (k != "face_controlnet" or face is not None)}
     return _denoise_loop_jit(nets, sched, jnp.float32(config.guidance_scale), jnp.float32(config.conditioning_scale),
                              *batch, models=models, size=config.context_frames, overlap=config.context_overlap,
-                             do_cfg=do_cfg, cn_once=cn_once)
+                             do_cfg=do_cfg, cn_once=cn_once, on_step=on_step)
 

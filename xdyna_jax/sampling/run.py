@@ -120,6 +120,19 @@ def grid_frames(x: JobInputs, result: np.ndarray) -> np.ndarray:
     return np.concatenate(panels, axis=2)
 
 
+class _StepBar:
+    """The tqdm bar over denoising steps, fed from inside the compiled loop (``pipeline`` ``on_step``)."""
+
+    bar = None
+
+    def tick(self, i, _):
+        if self.bar is not None:  # idempotent: a sharded loop may call once per device
+            self.bar.update(max(0, int(i) + 1 - self.bar.n))
+
+
+_STEPS = _StepBar()
+
+
 def _write(path: Path, frames: np.ndarray, fps: float) -> None:
     from xdyna_jax.data.video import write_video
 
@@ -160,7 +173,14 @@ def run_jobs(cfg: SampleRunConfig, params, jobs: list[Job], out: Path, *, tokeni
         b_in, b_jobs = [inputs[i] for i in idx], [jobs[i] for i in idx]
         seeds = [s.seed + i for i in idx]  # a job's draws depend only on its seed: same video in any batch
         kw = _batch_inputs(cfg, params, b_in, b_jobs, tokenizer, seeds)
-        latents = pipeline.sample_latents(params, **kw, models=cfg.models, config=s, mesh=mesh)
+        _STEPS.bar = tqdm(total=s.steps, desc="steps", unit="step", leave=False, disable=not progress)
+        try:
+            latents = pipeline.sample_latents(params, **kw, models=cfg.models, config=s, mesh=mesh,
+                                              on_step=_STEPS.tick if progress else None)
+            latents = jax.block_until_ready(latents)
+        finally:
+            _STEPS.bar.close()
+            _STEPS.bar = None
         videos = np.asarray(_decode(params["vae"], latents, cfg=cfg.models.vae, round=s.round))
         seconds = time.perf_counter() - t0
         for k, i in enumerate(batch):
