@@ -166,3 +166,16 @@ def test_init_params_full_size_is_sharded_without_allocation():
     assert len(split) == len(big), f"{len(big) - len(split)} of {len(big)} large params are not split"
     per_device = sum(int(np.prod(s.sharding.shard_shape(s.shape))) * s.dtype.itemsize for s in leaves)
     assert per_device < 0.2 * n * 4  # about an eighth of the float32 bytes on each of 8 devices
+
+
+def test_adapter_queries_start_as_to_q():
+    from xdyna_jax.models.new_layers import adapter_queries_from_to_q
+
+    unet = _params()["unet"]
+    seeded = adapter_queries_from_to_q(unet)
+    attn1 = seeded["down_blocks_0"]["attentions_0"]["transformer_blocks_0"]["attn1"]
+    np.testing.assert_array_equal(attn1["to_q_ff"]["kernel"], attn1["to_q"]["kernel"])
+    assert not np.array_equal(unet["down_blocks_0"]["attentions_0"]["transformer_blocks_0"]["attn1"]["to_q_ff"]["kernel"],
+                              attn1["to_q"]["kernel"])  # the input tree is left as it was
+    n = sum(1 for p, _ in jax.tree_util.tree_leaves_with_path(seeded) if "to_q_ff" in jax.tree_util.keystr(p))
+    assert n == sum(1 for p, _ in jax.tree_util.tree_leaves_with_path(unet) if "to_q_ff" in jax.tree_util.keystr(p)) > 0

@@ -12,19 +12,17 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
-import zlib
 from pathlib import Path
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import traverse_util
+
+from xdyna_jax.models.new_layers import init_layers
 
 from . import names
-from .convert import buffer_problems, flat_param_shapes, official_entries, params_from_torch
+from .convert import buffer_problems, official_entries, params_from_torch
 from .io import PortingError, find_diffusers_weights, read_raw, read_state_dict, unwrap
 
 _TO_Q = ".attn1.to_q.weight"
@@ -124,61 +122,14 @@ def unet_params_from_sd15(state_dict: Mapping[str, np.ndarray], cfg, rng: jax.Ar
             report[e.key] = f"copy of {src}"
         else:
             to_init.append(e)
-    fresh = _fresh_params(cfg, [e.path for e in to_init], rng)
+    try:
+        fresh = init_layers(cfg, [e.path for e in to_init], rng)
+    except ValueError as err:
+        raise PortingError(f"SD1.5 UNet state dict: {err}") from err
     for e in to_init:
         full[e.key] = names.to_torch(fresh[e.path], e.path)
         report[e.key] = "init"
     return params_from_torch(full, cfg, where="SD1.5 UNet state dict"), report
-
-
-def _fresh_params(cfg, paths, rng) -> dict[tuple[str, ...], np.ndarray]:
-    """Our init for the UNet params at ``paths``, one small sub-module at a time.
-
-    Initialising the whole UNet would compile ~800 RNG calls in one XLA program (minutes on CPU);
-    the new layers live in two kinds of sub-module, each initialised on its own with a key folded
-    from its path, so the values are the model's own initialisers (zero motion ``proj_out`` included).
-    """
-    flat_shapes = flat_param_shapes(cfg)[0]
-    out: dict[tuple[str, ...], np.ndarray] = {}
-    for path in paths:
-        if path in out:
-            continue
-        mm = next((i for i, c in enumerate(path) if c.startswith("motion_modules_")), None)
-        if mm is not None:
-            prefix = path[: mm + 1]
-            init = _init_fn(cfg, "motion", flat_shapes[prefix + ("temporal_transformer", "proj_in", "kernel")].shape[0])
-        elif "to_out_ff" in path:
-            prefix = path[: path.index("to_out_ff") + 1]
-            init = _init_fn(cfg, "dense", flat_shapes[prefix + ("kernel",)].shape[0])
-        else:
-            raise PortingError(f"no initialiser for {names.path_to_key(path)} (not in the SD1.5 state dict)")
-        key = jax.random.fold_in(rng, zlib.crc32("/".join(prefix).encode()))
-        sub = init(key)
-        for p, v in traverse_util.flatten_dict(sub).items():
-            if prefix + p not in flat_shapes or tuple(v.shape) != tuple(flat_shapes[prefix + p].shape):
-                raise PortingError(f"sub-module init of {'/'.join(prefix)} gave {'/'.join(p)} {v.shape}, "
-                                   f"which the UNet does not have")
-            out[prefix + p] = np.asarray(v)
-        if path not in out:
-            raise PortingError(f"sub-module init of {'/'.join(prefix)} did not make {'/'.join(path)}")
-    return out
-
-
-@functools.lru_cache(maxsize=None)
-def _init_fn(cfg, kind: str, c: int):
-    """Jitted init of one UNet sub-module of width ``c`` (cached: each kind and width compiles once)."""
-    import flax.linen as nn
-
-    from xdyna_jax.models.layers import Dense, dtype_of
-    from xdyna_jax.models.motion import MotionModule
-
-    kw = dict(dtype=dtype_of(cfg.dtype), param_dtype=dtype_of(cfg.param_dtype))
-    if kind == "motion":
-        module = MotionModule(cfg.motion_module_kwargs, cfg.attention_backend, **kw)
-        x = jnp.zeros((1, 2, 1, 1, c), jnp.float32)  # frame 0 is the bypassed reference
-    else:
-        module, x = Dense(c, **kw), jnp.zeros((1, c), jnp.float32)
-    return jax.jit(lambda key: nn.unbox(module.init(key, x)["params"]))
 
 
 def _read_config_json(path: Path) -> dict[str, Any]:
