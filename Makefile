@@ -27,8 +27,8 @@ sample: $(VENV)/.installed-sample
 
 # pytest's exit code 5 (no tests collected) fails like any other; make itself then exits 2.
 test: $(VENV)/.installed-test
-	@echo 'XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q $(PYTEST_ARGS)'
-	@rc=0; XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	@echo 'XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)'
+	@rc=0; XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: FAILED: pytest collected no tests (exit code 5)" >&2; fi; \
 	exit $$rc
 
