@@ -1,0 +1,112 @@
+"""train.py as a process: bad input, SIGKILL + resume equal to an uninterrupted run exactly, SIGTERM saves and
+exits 0, and the default run's loss falls (at a shortened length)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from helpers import REPO_ROOT
+
+# one device, the same flags as a user's run; the compile cache is the user's (shared across test sessions)
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+SMALL = ["models.face_controlnet=null", "train.stage=adapter+pose_controlnet", "train.init=random",
+         "train.frames=2", "train.batch_size=2", "train.schedule=constant", "train.warmup_steps=0",
+         "train.learning_rate=1e-3"]
+
+
+def train_cmd(workdir, *extra):
+    return [sys.executable, str(REPO_ROOT / "train.py"), "--workdir", str(workdir), *SMALL, *extra]
+
+
+def records(workdir) -> dict[int, dict]:
+    out = {}
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        out[r["step"]] = r  # a resumed run re-logs the steps after its checkpoint: the last wins
+    return out
+
+
+def test_unknown_key_is_one_line_exit_2(capsys):
+    sys.path.insert(0, str(REPO_ROOT))
+    import train
+
+    from xdyna_jax import cli
+
+    assert cli.run(train.main, ["train.stepz=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "stepz" in err[0]
+    assert cli.run(train.main, ["train.stage=nope"]) == 2
+    assert "nope" in capsys.readouterr().err
+
+
+def _final_trainable(workdir, step):
+    import orbax.checkpoint as ocp
+
+    with ocp.StandardCheckpointer() as c:
+        return c.restore(workdir / "checkpoints" / str(step) / "state")["trainable"]
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    steps = ["train.steps=10", "train.save_every=2"]
+    ref = tmp_path / "ref"
+    subprocess.run(train_cmd(ref, *steps), env=ENV, check=True, capture_output=True, timeout=900)
+
+    run = tmp_path / "run"
+    proc = subprocess.Popen(train_cmd(run, *steps), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 900
+    while not (run / "checkpoints" / "2" / "meta").is_dir():  # a finished checkpoint (Orbax renames when done)
+        assert proc.poll() is None and time.time() < deadline, "the run ended before its first checkpoint"
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL: no handler, no cleanup
+    proc.wait()
+    done = subprocess.run(train_cmd(run, *steps), env=ENV, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resumed from step" in done.stdout
+    resumed = int(done.stdout.split("resumed from step ")[1].split()[0])
+    assert 2 <= resumed < 10
+    a, b = records(ref), records(run)
+    assert sorted(b) == list(range(1, 11))
+    for s in range(resumed + 1, 11):  # the steps after the resume point are bit-identical
+        assert (a[s]["loss"], a[s]["grad_norm"]) == (b[s]["loss"], b[s]["grad_norm"]), s
+    for x, y in zip(*(jax_leaves(_final_trainable(w, 10)) for w in (ref, run))):
+        np.testing.assert_array_equal(x, y)
+
+
+def jax_leaves(tree):
+    import jax
+
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+def test_sigterm_saves_and_exits_0(tmp_path):
+    proc = subprocess.Popen(train_cmd(tmp_path, "train.steps=100000", "train.save_every=100000"), env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 900
+    while not ((tmp_path / "metrics.jsonl").is_file() and (tmp_path / "metrics.jsonl").read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out[-2000:]
+    assert "SIGTERM: saved a checkpoint at step" in out
+    step = int(out.split("SIGTERM: saved a checkpoint at step ")[1].split()[0])
+    assert (tmp_path / "checkpoints" / str(step) / "state").is_dir()
+    assert max(records(tmp_path)) == step
+
+
+def test_default_run_loss_falls(tmp_path):
+    """``python train.py`` (configs/train_tiny.yaml, model init, synthetic data), shortened."""
+    done = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--workdir", str(tmp_path), "train.steps=60"],
+                          env=ENV, capture_output=True, text=True, timeout=1500)
+    assert done.returncode == 0, done.stderr[-2000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("loss: first") and "checkpoints/60" in last
+    losses = [r["loss"] for _, r in sorted(records(tmp_path).items())]
+    first, final = np.mean(losses[:15]), np.mean(losses[-15:])
+    assert final < 0.8 * first, (first, final)

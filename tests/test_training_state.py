@@ -1,0 +1,119 @@
+"""Stages, the trainable/frozen split, the optimizer state and config checks (no model program compiled)."""
+from __future__ import annotations
+
+import jax
+import numpy as np
+import optax
+import pytest
+from flax.traverse_util import flatten_dict
+
+from helpers import CONFIGS, random_tree, tiny_models_config
+from xdyna_jax.cli import UserError
+from xdyna_jax.models import xdyna
+from xdyna_jax.training import config as train_config
+from xdyna_jax.training import state as st
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return xdyna.param_shapes(tiny_models_config())
+
+
+def _paths(tree):
+    return set(flatten_dict(tree, sep="/"))
+
+
+@pytest.mark.parametrize("stage, must, must_not", [
+    ("adapter", ["attn1/to_q_ff/kernel", "attn1/to_out_ff/kernel"], ["attn1/to_q/kernel", "motion_modules", "pose_"]),
+    ("motion", ["motion_modules_0/temporal_transformer/proj_out/kernel"], ["to_q_ff", "controlnet"]),
+    ("pose_controlnet", ["pose_controlnet/"], ["unet/", "face_controlnet/"]),
+    ("face_controlnet", ["face_controlnet/"], ["unet/", "pose_controlnet/"]),
+    ("adapter+pose_controlnet", ["to_q_ff", "pose_controlnet/"], ["motion_modules", "face_controlnet/"]),
+    ("full", ["unet/conv_in/kernel", "pose_controlnet/", "face_controlnet/"], ["vae/", "resampler/", "text_encoder/"]),
+    ("vae", ["vae/"], ["unet/"]),
+])
+def test_stage_split_partitions_the_tree(shapes, stage, must, must_not):
+    train, frozen = st.split(shapes, stage)
+    tp, fp = _paths(train), _paths(frozen)
+    assert not tp & fp and tp | fp == _paths(shapes)  # every leaf exactly once
+    for frag in must:
+        assert any(frag in p for p in tp), frag
+    for frag in must_not:
+        assert not any(frag in p for p in tp), frag
+    assert _paths(st.merge(train, frozen)) == _paths(shapes)
+
+
+def test_unknown_stage_is_named(shapes):
+    with pytest.raises(UserError, match="adaptor"):
+        st.split(shapes, "adaptor")
+    with pytest.raises(UserError, match="cannot be combined"):
+        st.stage_patterns("vae+adapter")
+
+
+def test_adapter_init_copies_to_q(shapes):
+    params = random_tree(shapes, seed=1)
+    out = flatten_dict(st.adapter_init(params), sep="/")
+    src = flatten_dict(params, sep="/")
+    n = 0
+    for k, v in out.items():
+        if "/to_q_ff/" in k:
+            np.testing.assert_array_equal(v, src[k.replace("/to_q_ff/", "/to_q/")])
+            n += 1
+        else:
+            assert v is src[k]
+    assert n > 0
+
+
+def test_frozen_params_have_no_optimizer_state(shapes):
+    run = train_config.load(CONFIGS / "train_tiny.yaml", ["train.stage=adapter", "train.ema_decay=0.9"])
+    abstract = st.abstract_state(run, shapes)
+    train_paths = _paths(abstract.trainable)
+    n_adam = 0
+    for path, leaf in flatten_dict(jax.tree_util.tree_map(lambda x: x, {"o": _as_dict(abstract.opt_state)}),
+                                   sep="/").items():
+        if leaf.ndim > 0:  # moments: one per trainable leaf, none for frozen ones
+            n_adam += 1
+            assert any(path.endswith(p) for p in train_paths), path
+    assert n_adam == 2 * len(train_paths)
+    assert _paths(abstract.ema) == train_paths
+    assert not train_paths & _paths(abstract.frozen)
+    total = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(shapes))
+    trained = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.trainable))
+    assert 0 < trained < total / 10
+
+
+def _as_dict(opt_state):
+    """optax state (tuples of named tuples) -> nested dicts, so paths can be compared."""
+    out = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(opt_state)[0]:
+        keys = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+        node = out
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+        node[keys[-1]] = leaf
+    return out
+
+
+def test_schedule_warmup_then_cosine():
+    run = train_config.load(CONFIGS / "train_tiny.yaml", ["train.steps=110", "train.warmup_steps=10",
+                                                          "train.learning_rate=1e-3", "train.end_lr_ratio=0.1"])
+    lr = st.learning_rate(run.train)
+    assert float(lr(0)) == 0.0 and abs(float(lr(5)) - 5e-4) < 1e-9 and abs(float(lr(10)) - 1e-3) < 1e-9
+    assert abs(float(lr(110)) - 1e-4) < 1e-9
+    assert isinstance(st.optimizer(run.train), optax.GradientTransformation)
+
+
+@pytest.mark.parametrize("override, expect", [
+    ("train.stepz=3", "stepz"), ("train.stage=bogus", "bogus"), ("train.batch_size=0", "train.batch_size"),
+    ("train.batch_size=3", "accum_steps"), ("data.scene_ratio=2", "scene_ratio")])
+def test_config_errors(override, expect):
+    extra = ["train.accum_steps=2"] if "batch_size=3" in override else []
+    with pytest.raises(UserError, match=expect):
+        train_config.load(CONFIGS / "train_tiny.yaml", [override, *extra])
+
+
+def test_config_differences_ignore_resumable_keys():
+    a = train_config.load(CONFIGS / "train_tiny.yaml")
+    b = train_config.load(CONFIGS / "train_tiny.yaml", ["train.steps=999", "mesh.data=1", "train.learning_rate=1"])
+    diff = train_config.config_differences(train_config.config_lib.to_dict(a), b)
+    assert len(diff) == 1 and diff[0].startswith("train.learning_rate")

@@ -1,0 +1,148 @@
+"""The training run config: ``configs/train_*.yaml`` (train.*, data.*, mesh.*, models.*)."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+from xdyna_jax import config as config_lib
+from xdyna_jax.cli import UserError
+from xdyna_jax.models.xdyna import ModelsConfig
+from xdyna_jax.sharding import MeshConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    # what trains: a preset of state.STAGES, or several joined by '+' ("adapter+pose_controlnet")
+    stage: str = "adapter+pose_controlnet+face_controlnet"
+    steps: int = 1000
+    batch_size: int = 2                   # global batch (all hosts, all micro-batches together)
+    frames: int = 4                       # noisy frames per window; frame 0 (the reference) comes on top
+    height: int = 64
+    width: int = 64
+    learning_rate: float = 1e-5
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0                 # linear warmup from 0, then constant or cosine to end_lr_ratio
+    end_lr_ratio: float = 0.0
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    clip_grad_norm: float = 1.0           # global-norm clipping; 0 = off
+    accum_steps: int = 1                  # micro-batches per step (lax.scan), gradients averaged
+    ema_decay: float = 0.0                # EMA of the trainable params; 0 = off
+    image_dropout: float = 0.1            # P(image tokens -> the zero-image tokens), for guidance
+    kl_weight: float = 1e-6               # stage "vae": reconstruction + kl_weight * KL
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"  # params stay float32 (master weights)
+    remat: bool = False                   # gradient checkpointing in the UNet and ControlNets
+    seed: int = 0
+    save_every: int = 100
+    max_to_keep: int = 3
+    log_every: int = 1
+    init: str = "model"                   # the models' own initialisers, "random" (seeded normal), or a bundle folder
+    debug_nan_step: int = -1              # test hook: poison the batch of this step with NaN
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    source: Literal["synthetic", "dataset"] = "synthetic"
+    scene_ratio: float = 0.25             # synthetic source: fraction of scene clips (no figure)
+    data_dir: str = ""                    # dataset source: a data.build folder
+    splits: tuple[str, ...] = ("human", "scene")
+    stride: int = 1
+    reference: Literal["any", "outside_clip"] = "any"
+    num_threads: int = 4
+    prefetch: int = 2
+    encoded: tuple[str, ...] = ()         # ("vae_moments", "clip_hidden"): pre-encoded inputs
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainRunConfig:
+    train: TrainConfig = TrainConfig()
+    data: DataConfig = DataConfig()
+    mesh: MeshConfig = MeshConfig()
+    models: ModelsConfig = ModelsConfig()
+
+
+# keys that may change between a run and its resume (how long, how often, on what hardware);
+# everything else must match the checkpoint
+RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.max_to_keep", "train.log_every",
+                     "train.debug_nan_step", "mesh.", "data.num_threads", "data.prefetch", "data.data_dir")
+
+
+def load(path: Optional[str | Path], overrides: Sequence[str] = ()) -> TrainRunConfig:
+    """A train YAML plus ``key=value`` overrides; its ``models`` may name a ModelsConfig file relative to it."""
+    import yaml
+
+    raw: dict = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except OSError as e:
+            raise UserError(f"--config {path}: cannot read ({e.strerror})") from e
+        except yaml.YAMLError as e:
+            raise UserError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from e
+        if not isinstance(raw, dict):
+            raise UserError(f"--config {path}: expected a mapping with train, data, mesh, models")
+        if isinstance(raw.get("models"), str):
+            models_file = path.parent / raw["models"]
+            try:
+                raw["models"] = yaml.safe_load(models_file.read_text()) or {}
+            except (OSError, yaml.YAMLError) as e:
+                raise UserError(f"--config {path}: models: cannot read {models_file} ({e})") from e
+    try:
+        cfg = config_lib.load(TrainRunConfig, None, overrides, defaults=raw)
+    except config_lib.ConfigError as e:
+        raise UserError(f"{'--config ' + str(path) + ': ' if path else ''}{e}") from e
+    check(cfg)
+    return cfg
+
+
+def check(cfg: TrainRunConfig) -> None:
+    from .state import stage_patterns
+
+    t = cfg.train
+    stage_patterns(t.stage)  # names an unknown stage
+    for k in ("steps", "batch_size", "frames", "accum_steps", "save_every", "max_to_keep", "log_every"):
+        if getattr(t, k) < 1:
+            raise UserError(f"train.{k}={getattr(t, k)}: expected an integer >= 1")
+    if t.batch_size % t.accum_steps:
+        raise UserError(f"train.batch_size={t.batch_size} is not divisible by train.accum_steps={t.accum_steps}")
+    if t.height % 8 or t.width % 8 or min(t.height, t.width) < 8:
+        raise UserError(f"train.height={t.height}, train.width={t.width}: expected positive multiples of 8")
+    if not t.learning_rate > 0:
+        raise UserError(f"train.learning_rate={t.learning_rate}: expected a number > 0")
+    for k in ("image_dropout", "ema_decay", "end_lr_ratio"):
+        if not 0 <= getattr(t, k) <= 1:
+            raise UserError(f"train.{k}={getattr(t, k)}: expected a number in [0, 1]")
+    if not 0 <= cfg.data.scene_ratio <= 1:
+        raise UserError(f"data.scene_ratio={cfg.data.scene_ratio}: expected a number in [0, 1]")
+    if cfg.data.source == "dataset" and not cfg.data.data_dir:
+        raise UserError("data.source=dataset needs data.data_dir (a folder written by python -m xdyna_jax.data build)")
+
+
+def flat(cfg) -> dict:
+    """{dotted key: value} of a config (to compare a checkpoint's config with this run's)."""
+    out = {}
+
+    def walk(prefix, v):
+        if isinstance(v, dict):
+            for k, x in v.items():
+                walk(f"{prefix}{k}.", x)
+        else:
+            out[prefix[:-1]] = v
+
+    walk("", config_lib.to_dict(cfg) if dataclasses.is_dataclass(cfg) else cfg)
+    return out
+
+
+def config_differences(saved: dict, now: TrainRunConfig) -> list[str]:
+    """'key: saved -> now' for every key that differs and may not change on resume."""
+    a, b = flat(saved), flat(now)
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if any(k == r or (r.endswith(".") and k.startswith(r)) for r in RESUMABLE_CHANGES):
+            continue
+        if a.get(k, "<absent>") != b.get(k, "<absent>"):
+            out.append(f"{k}: {a.get(k, '<absent>')!r} in the checkpoint, {b.get(k, '<absent>')!r} now")
+    return out
