@@ -4,6 +4,10 @@ Every figure is printed next to its ratio against the baseline (``xla`` attentio
 measured in the same run on the same device. Examples:
   python benchmarks/unet_bench.py --preset tiny --frames 17 --size 32
   python benchmarks/unet_bench.py --preset sd15 --frames 17 --height 112 --width 64 --batch 2 --memory-only
+  python benchmarks/unet_bench.py --preset tiny --frames 17 --size 32 --variants xla --official-repo /tmp/xdyna
+With ``--official-repo`` (a bytedance/X-Dyna checkout) and the oracle venv's python, the official
+UNet3D forward (torch eager) runs after ours in the same run, at the same config and weights (16 IP
+tokens, as the official IP-Adapter attention needs), and its time is the last row.
 """
 from __future__ import annotations
 
@@ -16,7 +20,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import sys
+from pathlib import Path
+
 from xdyna_jax.models import UNet3D, UNet3DConfig, param_shapes
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import official_bridge  # noqa: E402
 
 VARIANTS = {
     "xla": {},
@@ -38,10 +48,14 @@ def main():
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--memory-only", action="store_true", help="compile and report memory, do not run")
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--official-repo", default=None, help="bytedance/X-Dyna checkout: also time the official forward")
+    ap.add_argument("--oracle-python", default="/work/oracle_venv/bin/python")
     args = ap.parse_args()
     h, w = args.height or args.size, args.width or args.size
 
     base = getattr(UNet3DConfig, args.preset)(dtype=args.dtype, param_dtype=args.dtype)
+    if args.official_repo:
+        base = dataclasses.replace(base, num_ip_tokens=official_bridge.OFFICIAL_IP_TOKENS)
     dt = jnp.dtype(args.dtype)
     shapes = param_shapes(UNet3D(base))
     n_params = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
@@ -77,6 +91,15 @@ def main():
                 times.append(time.perf_counter() - t0)
             step = statistics.median(times)
         rows.append((name, compile_s, step, temp))
+
+    if args.official_repo and not args.memory_only:
+        spec = dict(what="unet", unet=official_bridge.unet_spec(base), batch=args.batch, frames=args.frames,
+                    height=h, width=w, tokens=tokens, iters=args.iters)
+        out = official_bridge.run_official(spec, official_bridge.official_weights({"unet": params}, {"unet": base}),
+                                           xdyna_repo=args.official_repo, python=args.oracle_python)
+        if out is not None:
+            print(f"official: torch {out['versions']['torch']}, {out['threads']} threads")
+            rows.append(("official (torch)", float("nan"), statistics.median(out["times"]), float("nan")))
 
     b_step, b_temp = rows[0][2], rows[0][3]
     print(f"{'variant':<16}{'compile s':>10}{'forward s':>11}{'x base':>8}{'temp GiB':>10}{'x base':>8}")

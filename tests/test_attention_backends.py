@@ -1,5 +1,6 @@
 """Attention backends and memory knobs change how, never what, is computed."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 from xdyna_jax.models import UNet3D, UNet3DConfig, param_shapes
-from xdyna_jax.models.attention import attention
+from xdyna_jax.models.attention import _dense, _tiled, attention
 
 
 def _reference(q, k, v, heads):
@@ -28,6 +29,53 @@ def test_attention_matches_softmax_reference(backend, chunk):
     q, k, v = (rng.standard_normal((3, n, 32)).astype(np.float32) for n in (50, 19, 19))
     out = attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), heads=4, backend=backend, query_chunk=chunk)
     np.testing.assert_allclose(np.asarray(out), _reference(q, k, v, 4), atol=2e-5, rtol=0)
+
+
+def _causal_reference(q, k, v, heads):
+    q, k, v = (np.asarray(a, np.float64) for a in (q, k, v))
+    b, lq, c = q.shape
+    d = c // heads
+    qh, kh, vh = (a.reshape(b, -1, heads, d).transpose(0, 2, 1, 3) for a in (q, k, v))
+    logits = qh @ kh.transpose(0, 1, 3, 2) / np.sqrt(d)
+    logits = np.where(np.arange(k.shape[1])[None, :] <= np.arange(lq)[:, None], logits, -np.inf)
+    p = np.exp(logits - logits.max(-1, keepdims=True))
+    p /= p.sum(-1, keepdims=True)
+    return (p @ vh).transpose(0, 2, 1, 3).reshape(b, lq, c)
+
+
+# tiles: one; query blocks of one row, padded; several rows each, padded; capped by query_chunk
+@pytest.mark.parametrize("lq, lk, tile, chunk, causal", [
+    (19, 19, 1 << 20, 0, False), (19, 19, 200, 0, False), (19, 19, 2888, 0, False), (50, 19, 100, 0, False), (50, 19, 1 << 20, 16, False),
+    (19, 19, 1 << 20, 0, True), (23, 23, 100, 0, True), (23, 23, 1 << 20, 8, True)])
+def test_both_xla_paths_match_the_reference(lq, lk, tile, chunk, causal):
+    """The CPU's tiled path and the GPU/TPU einsum path, each called directly (a CPU run picks one)."""
+    rng = np.random.default_rng(2)
+    heads, d = 4, 8
+    q, k, v = (rng.standard_normal((3, n, heads * d)).astype(np.float32) for n in (lq, lk, lk))
+    want = (_causal_reference if causal else _reference)(q, k, v, heads)
+    split = lambda a: jnp.asarray(a).reshape(a.shape[0], a.shape[1], heads, d)
+    for path in (functools.partial(_tiled, tile=tile), _dense):
+        out = path(split(q), split(k), split(v), scale=d ** -0.5, query_chunk=chunk, causal=causal)
+        np.testing.assert_allclose(np.asarray(out).reshape(want.shape), want, atol=2e-5, rtol=0)
+
+
+def test_tiled_path_gradient_matches_the_einsum_path():
+    rng = np.random.default_rng(4)
+    q, k, v = (jnp.asarray(rng.standard_normal((3, n, 2, 8)), jnp.float32) for n in (21, 19, 19))
+    loss = lambda path: lambda q, k, v: jnp.sum(jnp.sin(path(q, k, v, scale=0.3, causal=False)))
+    got = jax.grad(loss(functools.partial(_tiled, tile=100)), argnums=(0, 1, 2))(q, k, v)
+    want = jax.grad(loss(_dense), argnums=(0, 1, 2))(q, k, v)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(w), atol=2e-5, rtol=0)
+
+
+def test_tiled_path_keeps_low_precision_dtype():
+    rng = np.random.default_rng(3)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 40, 2, 8)), jnp.bfloat16) for _ in range(3))
+    out = _tiled(q, k, v, scale=8 ** -0.5, tile=64)
+    assert out.dtype == jnp.bfloat16
+    ref = _dense(*(a.astype(jnp.float32) for a in (q, k, v)), scale=8 ** -0.5)
+    assert float(jnp.max(jnp.abs(out.astype(jnp.float32) - ref))) < 0.05
 
 
 def test_unknown_backend_is_refused():
