@@ -32,12 +32,16 @@ def main(argv=None) -> int:
 
     import jax
 
-    # compiled programs are cached across runs, so a resume or a re-run does not recompile
-    cache = os.environ.get("XDYNA_JAX_CACHE", str(Path.home() / ".cache" / "xdyna_jax" / "jit"))
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-    if os.environ.get("XDYNA_DISTRIBUTED"):  # multi-host: coordinator etc. from the environment (TPU: automatic)
-        jax.distributed.initialize()
+    distributed = bool(os.environ.get("XDYNA_DISTRIBUTED"))
+    # compiled programs are cached across runs, so a resume or a re-run does not recompile. Not for CPU
+    # processes under jax.distributed: a cached executable in one process beside a fresh compile in the
+    # other deadlocked their gloo collectives (seen with jax 0.10.2).
+    if not (distributed and os.environ.get("JAX_PLATFORMS") == "cpu"):
+        cache = os.environ.get("XDYNA_JAX_CACHE", str(Path.home() / ".cache" / "xdyna_jax" / "jit"))
+        jax.config.update("jax_compilation_cache_dir", cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    if distributed:
+        distributed_initialize(jax)
     from xdyna_jax.training import loop
 
     try:
@@ -50,6 +54,22 @@ def main(argv=None) -> int:
         path = export_latest(run, workdir, args.export)
         print(f"exported the trained params to {path}")
     return 0
+
+
+def distributed_initialize(jax) -> None:
+    """Multi-host: ``jax.distributed.initialize`` from the environment. On TPU pods and SLURM everything is
+    detected; elsewhere set JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and
+    JAX_PROCESS_ID (JAX itself reads only the first)."""
+    kw = {}
+    if os.environ.get("JAX_NUM_PROCESSES"):
+        try:
+            kw = dict(num_processes=int(os.environ["JAX_NUM_PROCESSES"]), process_id=int(os.environ["JAX_PROCESS_ID"]))
+        except (KeyError, ValueError) as e:
+            raise cli.UserError("JAX_NUM_PROCESSES and JAX_PROCESS_ID must both be integers "
+                                f"(got {os.environ.get('JAX_NUM_PROCESSES')!r}, {os.environ.get('JAX_PROCESS_ID')!r})") from e
+    if os.environ.get("JAX_PLATFORMS") == "cpu":  # CPU processes exchange arrays through gloo
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(**kw)
 
 
 def export_latest(run, workdir, out):

@@ -170,3 +170,17 @@ def test_string_overrides_keep_their_text(tmp_path):
     with pytest.raises(ConfigError, match=r"bad.yaml.name"):
         load(Run, bad)
 
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+    kinds: tuple[str, ...] = ("a", "b")
+    label: Optional[str] = None
+
+
+def test_string_tuple_override_is_a_list_and_optional_str_keeps_text():
+    # tuple[str, ...] is a list of strings, not one string (it was once taken as the raw text)
+    assert load(Blocks, overrides=["kinds=[down, up, mid]"]).kinds == ("down", "up", "mid")
+    assert load(Blocks, overrides=["label=007"]).label == "007"
+    with pytest.raises(ConfigError, match="kinds"):
+        load(Blocks, overrides=["kinds=down"])

@@ -11,13 +11,11 @@ import time
 
 import numpy as np
 
-from helpers import REPO_ROOT
+from helpers import MICRO_TRAIN, REPO_ROOT
 
 # one device, the same flags as a user's run; the compile cache is the user's (shared across test sessions)
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-SMALL = ["models.face_controlnet=null", "train.stage=adapter+pose_controlnet", "train.init=random",
-         "train.frames=2", "train.batch_size=2", "train.schedule=constant", "train.warmup_steps=0",
-         "train.learning_rate=1e-3"]
+SMALL = [*MICRO_TRAIN, "train.batch_size=2"]  # the micro networks (helpers.py): a short compile
 
 
 def train_cmd(workdir, *extra):

@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from helpers import CONFIGS
+from helpers import CONFIGS, MICRO_TRAIN
 from xdyna_jax.cli import UserError
 from xdyna_jax.sharding import make_mesh
 from xdyna_jax.training import checkpoint, loop
 from xdyna_jax.training import config as train_config
 
-# tiny and quick: no face ControlNet, 2 noisy frames at 64x64, seeded random params (no init program)
-SMALL = ["models.face_controlnet=null", "train.stage=adapter+pose_controlnet", "train.init=random",
-         "train.frames=2", "train.batch_size=2", "train.save_every=2", "train.steps=3", "train.schedule=constant",
-         "train.warmup_steps=0", "train.learning_rate=1e-3", "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1"]
+# quick: the micro networks of helpers.MICRO_TRAIN, batch 2, checkpoints every 2 steps, one device
+SMALL = [*MICRO_TRAIN, "train.batch_size=2", "train.save_every=2", "train.steps=3", "mesh.data=1", "mesh.fsdp=1",
+         "mesh.tensor=1"]
 
 
 def small_run(*extra):

@@ -36,8 +36,10 @@ def _field_types(cls) -> dict[str, Any]:
 def _coerce(value: Any, tp: Any, where: str) -> Any:
     """Turn YAML / override values into the declared field type (tuples for sequences)."""
     if isinstance(value, _Override):
-        args = typing.get_args(tp)
-        if tp is str or str in args or (typing.get_origin(tp) is typing.Literal and value.text in args):
+        args, origin = typing.get_args(tp), typing.get_origin(tp)
+        # a string field, Optional[str], or a Literal naming the text: keep the text (tuple[str, ...] is parsed)
+        if (tp is str or (origin in (typing.Union, types.UnionType) and str in args)
+                or (origin is typing.Literal and value.text in args)):
             return value.text
         value = yaml.safe_load(value.text)
     origin = typing.get_origin(tp)
