@@ -22,7 +22,7 @@ from xdyna_jax.cli import UserError
 
 from .evaluate import GROUPS, Options, check_extras, evaluate_pair, pooled, protocol
 from .extras import require
-from .pairing import check_readable, pair_folders
+from .pairing import MIN_SIDE, check_readable, pair_folders
 
 os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ info/warning lines would drown the progress bar
 
@@ -49,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
                    help=f"comma-separated subset of {','.join(GROUPS)} (default: all)")
     p.add_argument("--stride", type=pos, default=1, help="compare generated frame k with driving frame k*S")
     p.add_argument("--max-frames", type=pos, help="compare at most N frames per video")
-    p.add_argument("--size", type=cli.int_range(32), nargs=2, metavar=("H", "W"),
+    p.add_argument("--size", type=cli.int_range(MIN_SIDE), nargs=2, metavar=("H", "W"),
                    help="resize both videos to H x W (default: the driving size)")
     p.add_argument("--batch", type=pos, default=8, help="frames per LPIPS / SSIM call")
     p.add_argument("--clip-batch", type=pos, default=1,
@@ -76,7 +76,7 @@ def _run(argv) -> None:
         if folder is not None and out.resolve() in (folder.resolve(), *folder.resolve().parents):
             raise UserError(f"--out {out}: holds the {opt} folder {folder} (expected a folder outside the inputs)")
     pairs, ignored = pair_folders(args.generated, args.driving, args.reference)
-    check_readable(pairs)
+    check_readable(pairs, sized=args.size is not None)
 
     from tqdm import tqdm
 

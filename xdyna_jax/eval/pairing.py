@@ -24,6 +24,7 @@ from xdyna_jax.data.files import IMAGE_EXTENSIONS, read_image
 from xdyna_jax.data.video import VideoError, read_video
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".gif")
+MIN_SIDE = 32  # SSIM's 11x11 window and LPIPS's AlexNet need a few pixels
 
 
 @dataclass(frozen=True)
@@ -76,15 +77,21 @@ def pair_folders(generated: Path, driving: Path, reference: Optional[Path] = Non
     return pairs, ign_g + ign_d + ign_r
 
 
-def check_readable(pairs: list[Pair]) -> None:
-    """Decode the first frame of every video and read every reference; one error lists every failure."""
+def check_readable(pairs: list[Pair], sized: bool = False) -> None:
+    """Decode the first frame of every video and read every reference; one error lists every failure.
+    Driving frames (the compared size, unless ``sized``: ``--size`` given) must be ``MIN_SIDE`` px a side."""
     bad = []
     for pair in pairs:
         for path in (pair.generated, pair.driving):
             try:
-                read_video(path, max_frames=1)
+                first = read_video(path, max_frames=1)
             except VideoError as e:
                 bad.append(str(e))
+                continue
+            h, w = first.shape[1:3]
+            if path == pair.driving and not sized and min(h, w) < MIN_SIDE:
+                bad.append(f"{path}: frames are {h}x{w} (expected at least {MIN_SIDE} px a side for SSIM and "
+                           f"LPIPS; or give --size H W)")
         if pair.reference is not None:
             try:
                 read_image(pair.reference)
