@@ -105,8 +105,11 @@ def contact_sheet(path: Path, worst: list, per_row: int = 6) -> bool:
     for name, _, metric, value, t, drv, gen in worst:
         tile = np.concatenate([drv, gen], axis=0)
         bar = np.full((34, tile.shape[1], 3), 255, np.uint8)
-        for i, text in enumerate((f"{Path(name).stem} #{t}", f"{metric} {value:.3f}")):
-            cv2.putText(bar, text[:24], (3, 14 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+        for i, text in enumerate((Path(name).stem, f"#{t} {metric} {value:.3f}")):
+            scale = 0.4
+            while scale > 0.2 and cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > tile.shape[1] - 4:
+                scale -= 0.02  # shrink long names to the tile's width
+            cv2.putText(bar, text, (2, 14 + 16 * i), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 1, cv2.LINE_AA)
         tiles.append(np.concatenate([bar, tile], axis=0))
     h = max(t.shape[0] for t in tiles)
     w = max(t.shape[1] for t in tiles)
