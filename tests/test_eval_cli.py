@@ -54,7 +54,8 @@ def _folder(*files):
 
 EVAL_FILES = {
     "gen": _folder(("a.mp4", "video")), "drv": _folder(("a.mp4", "video")),
-    "gen_ab": _folder(("a.mp4", "video"), ("b.mp4", "video")), "drv_ac": _folder(("a.mp4", "video"), ("c.mov", "video")),
+    "gen_ab": _folder(("a.mp4", "video"), ("b.mp4", "video")),
+    "drv_ac": _folder(("a.mp4", "video"), ("c.mov", "video")),
     "gen_dup": _folder(("a.mp4", "video"), ("a.mov", "video")),
     "gen_trunc": _folder(("a.mp4", "truncated")), "gen_text": _folder(("a.mp4", "text")),
     "gen_zero": _folder(("a.mp4", "empty")), "drv_tiny": _folder(("a.mp4", "tiny")),

@@ -210,7 +210,8 @@ def protocol(opts: Options) -> dict:
     from .frames import PSNR_CAP
     from .pose import CONF
 
-    size = f"{opts.size[0]}x{opts.size[1]} (both resized)" if opts.size else "the driving video's (generated resized to it)"
+    size = (f"{opts.size[0]}x{opts.size[1]} (both resized)" if opts.size
+            else "the driving video's (generated resized to it)")
     out = {"frames": f"generated frames 0..N-1 vs driving frames 0, {opts.stride}, {2 * opts.stride}, ... "
                      f"(--stride {opts.stride}); the first min(N_gen, N_drv) compared"
                      + (f", at most {opts.max_frames}" if opts.max_frames else ""),
