@@ -44,7 +44,7 @@ $(VENV)/.installed-sample: $(DEPS) | $(PY)
 
 # The test extra is a superset of the plain install, so it satisfies `make sample` too.
 $(VENV)/.installed-test: $(DEPS) | $(PY)
-	$(PIP) install -e ".[test,data]"
+	$(PIP) install -e ".[test,data,eval]"
 	touch $@ $(VENV)/.installed-sample
 
 clean-venv:

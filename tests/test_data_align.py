@@ -113,7 +113,7 @@ def example_2(examples_dir):
 
 def test_render_overlaps_authors_pose(example_2):
     from xdyna_jax.data.render import render_poses
-    from xdyna_jax.data.score import joint_distance, mask_iou
+    from xdyna_jax.eval.score import joint_distance, mask_iou
 
     drv, ref, gt = example_2
     renders = {"unaligned": render_poses(drv)}

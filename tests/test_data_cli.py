@@ -97,7 +97,7 @@ def test_readme_data_commands_score_what_the_library_does(examples_dir, tmp_path
     from xdyna_jax.data.align import align_poses
     from xdyna_jax.data.pose import extract_poses
     from xdyna_jax.data.render import render_poses
-    from xdyna_jax.data.score import mask_iou
+    from xdyna_jax.eval.score import mask_iou
     from xdyna_jax.data.video import read_video
 
     cmds = readme_data_commands()

@@ -2,7 +2,7 @@
 
 For each example N: detect the reference pose in ``reference_N`` and the driving poses in a sample of
 ``driving_N.mp4`` frames (every ``--stride``-th frame), render them (no-head style) unaligned and after
-each retargeting variant, and compare each render with frame k of ``pose_N.mp4`` (``xdyna_jax.data.score``:
+each retargeting variant, and compare each render with frame k of ``pose_N.mp4`` (``xdyna_jax.eval.score``:
 IoU of dilated non-black masks, mean distance of colour-found joints). Prints a markdown table.
 
     PYTHONPATH=. .venv/bin/python tools/data/alignment_scores.py --stride 24
@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from xdyna_jax.data.align import align_poses  # noqa: E402
 from xdyna_jax.data.pose import extract_poses  # noqa: E402
 from xdyna_jax.data.render import render_poses  # noqa: E402
-from xdyna_jax.data.score import joint_distance, mask_iou  # noqa: E402
+from xdyna_jax.eval.score import joint_distance, mask_iou  # noqa: E402
 from xdyna_jax.data.video import read_video  # noqa: E402
 
 VARIANTS = {

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 from xdyna_jax.data.align import bone_lengths  # noqa: E402
 from xdyna_jax.data.pose import extract_poses  # noqa: E402
 from xdyna_jax.data.render import render_poses  # noqa: E402
-from xdyna_jax.data.score import find_joints  # noqa: E402
+from xdyna_jax.eval.score import find_joints  # noqa: E402
 from xdyna_jax.data.video import read_video  # noqa: E402
 
 

@@ -196,7 +196,8 @@ def cmd_align(args) -> str:
 
 
 def cmd_score(args) -> str:
-    render, score = _modules("render", "score")
+    (render,) = _modules("render")
+    from xdyna_jax.eval import score  # every score lives in the eval room (needs OpenCV, a data dependency)
     if args.skeleton.suffix.lower() == ".npz":
         ours = render.render_poses(load_poses(args.skeleton))
     else:

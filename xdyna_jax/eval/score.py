@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .render import BODY_COLORS
+from xdyna_jax.data.render import BODY_COLORS
 
 
 def nonblack(img: np.ndarray, thr: int = 40) -> np.ndarray:
