@@ -35,8 +35,12 @@ import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import math  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import jax  # noqa: E402
@@ -53,9 +57,10 @@ MESHES = {"one": MeshConfig(1, 1, 1), "fsdp8": MeshConfig(1, 8, 1), "data2fsdp4"
 CHIPS = {"16 GB": 16e9, "80 GB": 80e9, "141 GB": 141e9}
 HEADROOM = 0.9  # fits = peak <= 90 % of the chip: the runtime, allocator fragmentation and workspaces need some
 # in priority order: when --budget-min runs out, the later rows are left out (and named)
-SD15_ROWS = ["one:512x512:adapter:off", "fsdp8:512x512:full:on", "data2fsdp4:512x512:full:on", "one:512x512:full:on",
-             "one:512x512:adapter:on", "one:896x512:adapter:on", "fsdp8:896x512:full:on", "data2fsdp4:896x512:full:on",
-             "one:896x512:full:on", "one:896x512:adapter:off", "one:512x512:full:off"]
+SD15_ROWS = ["one:512x512:adapter:off", "one:512x512:adapter:on", "one:512x512:full:on", "fsdp8:512x512:full:on",
+             "data2fsdp4:512x512:full:on", "one:896x512:adapter:on", "fsdp8:896x512:full:on",
+             "data2fsdp4:896x512:full:on", "one:896x512:full:on", "one:896x512:adapter:off", "one:512x512:full:off",
+             "fsdp8:512x512:adapter:on"]
 TINY_ROWS = ["full:off", "full:on", "adapter:off"]
 
 
@@ -64,7 +69,8 @@ def run_config(models_file: str, overrides) -> train_config.TrainRunConfig:
     models file once; the overrides cannot swap it)."""
     run = train_config.load(CONFIGS / "train_tiny.yaml", overrides)
     if models_file != "tiny.yaml":
-        run = dataclasses.replace(run, models=config_lib.load(ModelsConfig, CONFIGS / models_file))
+        over = [o.removeprefix("models.") for o in overrides if o.startswith("models.")]
+        run = dataclasses.replace(run, models=config_lib.load(ModelsConfig, CONFIGS / models_file, over))
         train_config.check(run)
     return run
 
@@ -182,25 +188,79 @@ def abstract_batch(run, mesh) -> dict:
                         sp.batch_shardings(shapes, mesh))
 
 
-def sd15_row(row: str, args) -> dict:
+def sd15_setup(row: str, args):
+    """(run, models, mesh, abstract state, abstract batch) of one ``mesh:HxW:stage:remat`` row."""
     mesh_name, size, stage, remat = row.split(":")
     h, w = map(int, size.split("x"))
-    mesh_cfg = MESHES[mesh_name]
-    run = run_config("sd15.yaml", row_overrides(stage, remat, mesh_cfg, 1, [
+    run = run_config(args.sd15_models, row_overrides(stage, remat, MESHES[mesh_name], 1, [
         "train.frames=16", f"train.height={h}", f"train.width={w}", f"train.compute_dtype={args.dtype}",
-        "data.encoded=[vae_moments,clip_hidden]"]))
+        "data.encoded=[vae_moments,clip_hidden]", *args.sd15_override]))
     mesh = make_mesh(run.mesh, loop.mesh_devices(run.mesh))
-    models = st.models_for_training(run)
     shapes = xdyna.param_shapes(run.models)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                          st.abstract_state(run, shapes), st.state_shardings(run, mesh, shapes))
-    batch = abstract_batch(run, mesh)
-    compiled, compile_s = compile_once(run, models, mesh, state, batch)
-    mem = common.memory(compiled)
-    del compiled
+    return run, st.models_for_training(run), mesh, state, abstract_batch(run, mesh)
+
+
+def assignment_memory(path) -> dict:
+    """``common.memory``'s figures from XLA's buffer-assignment dump (``*-buffer-assignment.txt``), the table
+    ``memory_analysis()`` sums: arguments = parameter allocations, outputs = maybe-live-out allocations,
+    aliased = both, temporaries = the preallocated temp allocation (thread-local scratch is not counted)."""
+    m = dict(argument=0, output=0, temp=0, alias=0)
+    with open(path) as f:
+        for line in f:
+            if line.startswith("allocation "):
+                head = line.split(":", 1)[1]
+                size = int(re.search(r"size (\d+)", head).group(1))
+                param, live = ", parameter " in head, "maybe-live-out" in head
+                m["argument"] += size * param
+                m["output"] += size * live
+                m["alias"] += size * (param and live)
+                m["temp"] += size * ("preallocated-temp" in head)
+    m["peak"] = m["argument"] + m["output"] + m["temp"] - m["alias"]
+    return m
+
+
+def compile_in_child(row: str, args, on_start=lambda: None) -> tuple[dict, float]:
+    """(memory, seconds) of ``row``'s step compiled in a child process with XLA dumping the optimised module,
+    stopped once its buffer assignment is written. Why: XLA:CPU then builds a thunk execution graph whose
+    edge pruning grows with the cube of the number of collectives; on the sharded full-size step (thousands
+    of all-gathers and reduce-scatters) that ran past 20 minutes on this machine, and the memory figures are
+    fixed before it. A child also keeps each compile's host memory out of this process."""
+    with tempfile.TemporaryDirectory(prefix="train_bench_") as d:
+        env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={d} "
+                   "--xla_dump_hlo_module_re=.*train_step.*")  # the parent's flags carry the device count
+        cmd = [sys.executable, __file__, "--child-row", row, "--dtype", args.dtype, "--sd15-models", args.sd15_models,
+               "--sd15-override", *args.sd15_override]
+        t0 = time.perf_counter()
+        with open(Path(d) / "stderr.txt", "w") as err:
+            child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            on_start()  # the parent's own work (the FLOP count) overlaps the child's compile
+            while True:  # the memory-usage report is written right after the buffer assignment
+                done = list(Path(d).glob("*train_step*-memory-usage-report.txt"))
+                if done:
+                    secs = time.perf_counter() - t0
+                    break
+                if child.poll() is not None:
+                    raise RuntimeError(f"{row}: the child compile exited {child.returncode} without a buffer "
+                                       f"assignment:\n{(Path(d) / 'stderr.txt').read_text()[-3000:]}")
+                time.sleep(1)
+            time.sleep(2)
+            (path,) = Path(d).glob("*train_step*cpu_after_optimizations-buffer-assignment.txt")
+            return assignment_memory(path), secs
+        finally:
+            child.kill()
+            child.wait()
+
+
+def sd15_row(row: str, args) -> dict:
+    run, models, mesh, state, batch = sd15_setup(row, args)
+    flops = []
+    mem, secs = compile_in_child(row, args, on_start=lambda: flops.append(model_flops(run, models, batch)))
+    mesh_name, size, stage, remat = row.split(":")
     return dict(row=row, mesh=mesh_name, size=size, stage=stage, remat=remat, devices=mesh.size,
-                batch=run.train.batch_size, compile_s=compile_s, state=state_bytes(state), **mem,
-                flops=model_flops(run, models, batch))
+                batch=run.train.batch_size, compile_s=secs, state=state_bytes(state), **mem, flops=flops[0])
 
 
 def sd15(args, start: float) -> list[dict]:
@@ -210,18 +270,16 @@ def sd15(args, start: float) -> list[dict]:
         if time.perf_counter() - start + last > 60 * args.budget_min:
             left.append(row)
             continue
-        if MESHES[row.split(":")[0]].fsdp * MESHES[row.split(":")[0]].data > jax.device_count():
-            left.append(f"{row} (needs 8 devices, {jax.device_count()} present)")
-            continue
         t0 = time.perf_counter()
         out.append(sd15_row(row, args))
         last = time.perf_counter() - t0
-        print(f"  sd15 {row}: compiled in {out[-1]['compile_s']:.1f} s (row {last:.0f} s)", flush=True)
-    print(f"\n## sd15: configs/sd15.yaml networks, 16+1 frames, per-device batch 1, {args.dtype} compute, float32 "
-          "params and Adam moments, pre-encoded batch; compiled only, memory per device")
+        print(f"  sd15 {row}: buffer assignment after {out[-1]['compile_s']:.1f} s (row {last:.0f} s)", flush=True)
+    print(f"\n## sd15: configs/{args.sd15_models} networks, 16+1 frames, per-device batch 1, {args.dtype} compute, "
+          "float32 params and Adam moments, pre-encoded batch; compiled only, memory per device")
     chips = " | ".join(f"fits {c}" for c in CHIPS)
-    print(f"| mesh | devices × batch | image | stage | remat | compile s | state GiB | temp GiB | peak GiB | × base | "
-          f"TFLOP/step/device | {chips} |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---:|{'---|' * len(CHIPS)}")
+    print(f"| mesh | devices × batch | image | stage | remat | s to assignment | state GiB | temp GiB | peak GiB | "
+          f"× base | TFLOP/step/device | {chips} |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"
+          + "---|" * len(CHIPS))
     base = out[0]["peak"] if out else 0
     for r in out:
         fits = " | ".join("yes" if r["peak"] <= HEADROOM * cap else "no" for cap in CHIPS.values())
@@ -229,7 +287,7 @@ def sd15(args, start: float) -> list[dict]:
               f"{r['remat']} | {r['compile_s']:.1f} | {r['state'] / GiB:.2f} | {r['temp'] / GiB:.2f} | "
               f"{r['peak'] / GiB:.2f} | {fmt_ratio(r['peak'], base)} | {r['flops'] / 1e12:.1f} | {fits} |", flush=True)
     if left:
-        print(f"not compiled (over --budget-min {args.budget_min:g} or too few devices): {', '.join(left)}")
+        print(f"not compiled (over --budget-min {args.budget_min:g}): {', '.join(left)}")
     return out
 
 
@@ -244,7 +302,14 @@ def main(argv=None):
     ap.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="sd15: train.compute_dtype")
     ap.add_argument("--budget-min", type=float, default=25.0,
                     help="sd15: start no row that would end past this many minutes of the whole run")
+    ap.add_argument("--sd15-models", default="sd15.yaml", help="sd15: the networks (a configs/ file)")
+    ap.add_argument("--sd15-override", nargs="*", default=[], help="sd15: key=value for every row")
+    ap.add_argument("--child-row", help=argparse.SUPPRESS)  # compile_in_child's child: compile one row, no output
     args = ap.parse_args(argv)
+    if args.child_row:
+        run, models, mesh, state, batch = sd15_setup(args.child_row, args)
+        compile_once(run, models, mesh, state, batch)
+        return {}
     start = time.perf_counter()
     print(common.device_line(), flush=True)
     result = {}
