@@ -12,11 +12,16 @@ Sections (``--sections``, default both):
         (``data.encoded=[vae_moments, clip_hidden]``: VAE moments and CLIP hidden states, plus pose and
         S-Face maps), so the VAE encoder and the CLIP image encoder stay resident but do not run.
         Rows are ``mesh:HxW:stage:remat``; meshes ``one`` (1 device, global batch 1), ``fsdp8`` and
-        ``data2fsdp4`` (8 devices, global batch 8).
+        ``data2fsdp4`` (8 devices, global batch 8). Attention is dense (``DENSE`` below: logits for all
+        queries, as the ``xla`` backend computes on GPU and TPU), not the CPU's tiled loop, whose loop axis
+        holds the batch: XLA gathers the whole batch onto every device there (tiny networks at 256x256:
+        fsdp=8 needed 5.7x the one-device temporaries with the tiles, 0.77x dense).
+        Each row compiles in a child process that is stopped once XLA has assigned its buffers
+        (``compile_in_child``); the memory is read from that assignment, the table ``memory_analysis()`` sums.
 FLOPs: XLA's cost analysis of the step lowered for GPU (``lowering_platforms=("cuda",)``, not compiled),
-whose attention is one einsum. The CPU executable attends in tiles inside a loop, and XLA's cost analysis
-counts a loop body once, so its own figure (the one train.py logs on a CPU) is too low. Remat recomputation
-is included. Memory: ``memory_analysis()`` per device (arguments + outputs + temporaries - aliased).
+whose attention is one einsum. XLA's cost analysis counts a loop body once, so the CPU executable's own
+figure (the one train.py logs on a CPU, with the tiled attention) is too low. Remat recomputation is
+included. Memory: per device, arguments + outputs + temporaries - aliased (donated state).
 Ratios are against the first row of each table, measured in the same run. Example:
   python benchmarks/train_bench.py                       # the recorded run (benchmarks/RESULTS.md)
   python benchmarks/train_bench.py --sections sd15 --sd15 one:512x512:adapter:on fsdp8:896x512:full:on
@@ -57,10 +62,16 @@ MESHES = {"one": MeshConfig(1, 1, 1), "fsdp8": MeshConfig(1, 8, 1), "data2fsdp4"
 CHIPS = {"16 GB": 16e9, "80 GB": 80e9, "141 GB": 141e9}
 HEADROOM = 0.9  # fits = peak <= 90 % of the chip: the runtime, allocator fragmentation and workspaces need some
 # in priority order: when --budget-min runs out, the later rows are left out (and named)
-SD15_ROWS = ["one:512x512:adapter:off", "one:512x512:adapter:on", "one:512x512:full:on", "fsdp8:512x512:full:on",
-             "data2fsdp4:512x512:full:on", "one:896x512:adapter:on", "fsdp8:896x512:full:on",
-             "data2fsdp4:896x512:full:on", "one:896x512:full:on", "one:896x512:adapter:off", "one:512x512:full:off",
-             "fsdp8:512x512:adapter:on"]
+SD15_ROWS = ["one:512x512:adapter:off", "fsdp8:512x512:full:on", "data2fsdp4:512x512:full:on", "one:512x512:full:on",
+             "one:896x512:adapter:on", "fsdp8:896x512:full:on", "one:512x512:adapter:on",
+             "data2fsdp4:896x512:full:on", "one:896x512:full:on", "one:896x512:adapter:off", "one:512x512:full:off"]
+# XLA:CPU's all-reduce combiner rebuilds a reachability map for every group it merges: on the sharded full-size
+# step it was still running after 14 minutes. It only merges all-reduces into fewer, larger ones (GPU and TPU
+# compilers combine by their own byte thresholds); on the micro networks turning it off moved the temporaries
+# of fsdp=8 by 0.2 %. A one-device step has no all-reduce: no change there.
+NO_COMBINER = "cpu-all-reduce-combiner,all-reduce-combiner"
+DENSE = [f"models.{n}.attention_backend=cudnn" for n in ("unet", "pose_controlnet", "face_controlnet")]  # off a GPU:
+# jax.nn.dot_product_attention's XLA implementation, one einsum for all queries
 TINY_ROWS = ["full:off", "full:on", "adapter:off"]
 
 
@@ -194,7 +205,7 @@ def sd15_setup(row: str, args):
     h, w = map(int, size.split("x"))
     run = run_config(args.sd15_models, row_overrides(stage, remat, MESHES[mesh_name], 1, [
         "train.frames=16", f"train.height={h}", f"train.width={w}", f"train.compute_dtype={args.dtype}",
-        "data.encoded=[vae_moments,clip_hidden]", *args.sd15_override]))
+        "data.encoded=[vae_moments,clip_hidden]", *DENSE, *args.sd15_override]))
     mesh = make_mesh(run.mesh, loop.mesh_devices(run.mesh))
     shapes = xdyna.param_shapes(run.models)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -228,20 +239,22 @@ def compile_in_child(row: str, args, on_start=lambda: None) -> tuple[dict, float
     of all-gathers and reduce-scatters) that ran past 20 minutes on this machine, and the memory figures are
     fixed before it. A child also keeps each compile's host memory out of this process."""
     with tempfile.TemporaryDirectory(prefix="train_bench_") as d:
-        env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={d} "
-                   "--xla_dump_hlo_module_re=.*train_step.*")  # the parent's flags carry the device count
+        env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={d} "  # + device count
+                   f"--xla_dump_hlo_module_re=.*train_step.* --xla_disable_hlo_passes={NO_COMBINER}")
         cmd = [sys.executable, __file__, "--child-row", row, "--dtype", args.dtype, "--sd15-models", args.sd15_models,
                "--sd15-override", *args.sd15_override]
-        t0 = time.perf_counter()
+        t0, wall0 = time.perf_counter(), time.time()
         with open(Path(d) / "stderr.txt", "w") as err:
             child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
         try:
             on_start()  # the parent's own work (the FLOP count) overlaps the child's compile
             while True:  # the memory-usage report is written right after the buffer assignment
                 done = list(Path(d).glob("*train_step*-memory-usage-report.txt"))
-                if done:
-                    secs = time.perf_counter() - t0
+                if done:  # its write time, not when this loop saw it (the FLOP count may have kept it busy)
+                    secs = done[0].stat().st_mtime - wall0
                     break
+                if time.perf_counter() - t0 > 60 * args.row_timeout_min:
+                    raise TimeoutError(f"no buffer assignment within {args.row_timeout_min:g} min")
                 if child.poll() is not None:
                     raise RuntimeError(f"{row}: the child compile exited {child.returncode} without a buffer "
                                        f"assignment:\n{(Path(d) / 'stderr.txt').read_text()[-3000:]}")
@@ -264,30 +277,34 @@ def sd15_row(row: str, args) -> dict:
 
 
 def sd15(args, start: float) -> list[dict]:
+    print(f"\n## sd15: configs/{args.sd15_models} networks, 16+1 frames, per-device batch 1, {args.dtype} compute, "
+          f"float32 params and Adam moments, pre-encoded batch, dense attention; compiled only, memory per device "
+          f"{' '.join(args.sd15_override)}")
+    chips = " | ".join(f"fits {c}" for c in CHIPS)
+    print(f"| mesh | devices × batch | image | stage | remat | s to assignment | state GiB | temp GiB | peak GiB | "
+          f"× base | TFLOP/step/device | {chips} |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"
+          + "---|" * len(CHIPS), flush=True)
     out, left, last = [], [], 0.0
-    for row in args.sd15:
+    for row in args.sd15:  # each row printed as it comes: a long run still leaves what it measured
         # a compile takes minutes: start one only when one as long as the last still fits the budget
         if time.perf_counter() - start + last > 60 * args.budget_min:
             left.append(row)
             continue
         t0 = time.perf_counter()
-        out.append(sd15_row(row, args))
-        last = time.perf_counter() - t0
-        print(f"  sd15 {row}: buffer assignment after {out[-1]['compile_s']:.1f} s (row {last:.0f} s)", flush=True)
-    print(f"\n## sd15: configs/{args.sd15_models} networks, 16+1 frames, per-device batch 1, {args.dtype} compute, "
-          "float32 params and Adam moments, pre-encoded batch; compiled only, memory per device")
-    chips = " | ".join(f"fits {c}" for c in CHIPS)
-    print(f"| mesh | devices × batch | image | stage | remat | s to assignment | state GiB | temp GiB | peak GiB | "
-          f"× base | TFLOP/step/device | {chips} |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"
-          + "---|" * len(CHIPS))
-    base = out[0]["peak"] if out else 0
-    for r in out:
+        try:
+            out.append(r := sd15_row(row, args))
+        except TimeoutError as e:
+            left.append(f"{row} ({e})")
+            continue
+        finally:
+            last = time.perf_counter() - t0
         fits = " | ".join("yes" if r["peak"] <= HEADROOM * cap else "no" for cap in CHIPS.values())
         print(f"| {r['mesh']} | {r['devices']} × {r['batch'] // r['devices']} | {r['size']} | {r['stage']} | "
               f"{r['remat']} | {r['compile_s']:.1f} | {r['state'] / GiB:.2f} | {r['temp'] / GiB:.2f} | "
-              f"{r['peak'] / GiB:.2f} | {fmt_ratio(r['peak'], base)} | {r['flops'] / 1e12:.1f} | {fits} |", flush=True)
+              f"{r['peak'] / GiB:.2f} | {fmt_ratio(r['peak'], out[0]['peak'])} | {r['flops'] / 1e12:.1f} | {fits} |",
+              flush=True)
     if left:
-        print(f"not compiled (over --budget-min {args.budget_min:g}): {', '.join(left)}")
+        print(f"not measured (past --budget-min {args.budget_min:g}, or as noted): {', '.join(left)}")
     return out
 
 
@@ -302,6 +319,7 @@ def main(argv=None):
     ap.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="sd15: train.compute_dtype")
     ap.add_argument("--budget-min", type=float, default=25.0,
                     help="sd15: start no row that would end past this many minutes of the whole run")
+    ap.add_argument("--row-timeout-min", type=float, default=12.0, help="sd15: give up on a row after this long")
     ap.add_argument("--sd15-models", default="sd15.yaml", help="sd15: the networks (a configs/ file)")
     ap.add_argument("--sd15-override", nargs="*", default=[], help="sd15: key=value for every row")
     ap.add_argument("--child-row", help=argparse.SUPPRESS)  # compile_in_child's child: compile one row, no output
