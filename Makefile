@@ -18,7 +18,7 @@ export PYTHONUNBUFFERED := 1
 
 help:
 	@echo "make sample        create .venv, pip install -e ., run sample.py (args: SAMPLE_ARGS=...)"
-	@echo "make test          create .venv, pip install -e '.[test,data]', run pytest (args: PYTEST_ARGS=...)"
+	@echo "make test          create .venv, pip install -e '.[test,data,eval]', run pytest (args: PYTEST_ARGS=...)"
 	@echo "make install       only the package install;  make install-test: with the test extra"
 	@echo "make clean-venv    remove .venv"
 
