@@ -134,3 +134,32 @@ def test_the_world_configs_load_and_train_the_resampler():
 
     with pytest.raises(UserError, match="data.split"):
         train_config.load(CONFIGS / "train_world_full.yaml", ["data.split=val"])
+
+
+def test_the_export_is_bf16_official_files_that_convert_back_to_the_bundle(tmp_path):
+    import jax.numpy as jnp
+    from flax.traverse_util import flatten_dict
+
+    from helpers import random_tree, tiny_models_config
+    from xdyna_jax import config as config_lib
+    from xdyna_jax.models import xdyna
+    from xdyna_jax.porting.bundle import convert_bundle, save_bundle
+    from xdyna_jax.training.recipe import export_weights
+
+    cfg = tiny_models_config()
+    params = random_tree(xdyna.param_shapes(cfg), seed=3)
+    save_bundle(tmp_path / "b", params, cfg)
+    out = tmp_path / "w"
+    files = export_weights(tmp_path / "b", out, out=lambda *_: None)
+    assert sum(f.stat().st_size for f in files) < 25e6
+    back_cfg = config_lib.load(xdyna.ModelsConfig, out / "config.yaml")
+    assert back_cfg == cfg
+    names = {"unet": "unet", "pose_controlnet": "pose_controlnet", "face_controlnet": "face_controlnet",
+             "ip_adapter": "image_proj", "vae": "vae", "image_encoder": "image_encoder", "text_encoder": "text_encoder"}
+    back, _, _ = convert_bundle(back_cfg, **{k: str(out / f"{v}.safetensors") for k, v in names.items()})
+    # every param is the bf16 rounding of the bundle's float32 value (independently rounded here)
+    want, got = flatten_dict(params, sep="/"), flatten_dict(back, sep="/")
+    assert set(want) == set(got)
+    for k, v in want.items():
+        np.testing.assert_array_equal(np.asarray(got[k], np.float32),
+                                      np.asarray(v).astype(jnp.bfloat16).astype(np.float32), err_msg=k)

@@ -103,23 +103,35 @@ def run_stage(name: str, command: list[str], bundle: Path, out=print) -> float:
 
 
 def export_weights(bundle: Path, out_dir: Path, out=print) -> list[Path]:
-    """The bundle as bf16 ``.safetensors`` (official names, ``porting.bundle.EXPORT_NAMES``) + its config.yaml."""
+    """The bundle as bf16 ``.safetensors`` (official names, ``porting.bundle.EXPORT_NAMES``) + its config.yaml.
+
+    The motion modules' ``pos_encoder.pe`` buffers stay float32: they are the fixed sinusoidal table, which
+    the loader checks against its own, and bf16 rounding (up to 2e-3) would fail that check."""
+    import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from xdyna_jax.porting.bundle import export_bundle, load_bundle
+    from xdyna_jax.porting.bundle import EXPORT_NAMES, load_bundle
+    from xdyna_jax.porting.convert import params_to_torch
+    from xdyna_jax.porting.io import write_safetensors
 
     b = load_bundle(bundle)
     tmp = out_dir.with_name(f".{out_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    files = export_bundle(b, tmp, dtype=np.dtype(jnp.bfloat16))  # bf16: 6 M params in 12 MB
+    tmp.mkdir(parents=True)
+    files = []
+    for part in b.parts:
+        state = params_to_torch(jax.tree.map(np.asarray, b.params[part]), getattr(b.cfg, part))
+        state = {k: v if k.endswith(".pe") else v.astype(jnp.bfloat16) for k, v in state.items()}
+        files.append(tmp / EXPORT_NAMES[part])
+        write_safetensors(state, files[-1], metadata={"format": "pt", "source": "xdyna_jax tiny world", "part": part})
     shutil.copy2(bundle / "config.yaml", tmp / "config.yaml")
     shutil.copy2(bundle / "report.txt", tmp / "report.txt")
     if out_dir.exists():
         shutil.rmtree(out_dir)
     tmp.rename(out_dir)
     total = sum(f.stat().st_size for f in out_dir.iterdir())
-    out(f"[tiny-world] export: {len(files)} files, {total / 1e6:.1f} MB -> {out_dir}")
+    out(f"[tiny-world] export: {len(files)} weight files, {total / 1e6:.1f} MB -> {out_dir}")
     return [out_dir / f.name for f in files]
 
 
