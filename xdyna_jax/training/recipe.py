@@ -135,6 +135,52 @@ def export_weights(bundle: Path, out_dir: Path, out=print) -> list[Path]:
     return [out_dir / f.name for f in files]
 
 
+def load_weights(folder) -> tuple[dict, object]:
+    """(params {part: numpy tree}, ModelsConfig) of an exported folder (``export_weights``), bf16 values
+    widened to float32."""
+    import jax
+    import numpy as np
+
+    from xdyna_jax import config as config_lib
+    from xdyna_jax.models.xdyna import ModelsConfig
+    from xdyna_jax.porting.bundle import EXPORT_NAMES, convert_bundle
+
+    folder = Path(folder)
+    cfg = config_lib.load(ModelsConfig, folder / "config.yaml")
+    arg = {"resampler": "ip_adapter"}  # convert_bundle's keyword for the Resampler file
+    files = {arg.get(p, p): str(folder / n) for p, n in EXPORT_NAMES.items() if (folder / n).is_file()}
+    params, cfg, _ = convert_bundle(cfg, **files)
+    return jax.tree.map(lambda v: np.asarray(v, np.float32), params), cfg
+
+
+def plot_losses(workdir: Path, png: Path, window: int = 25) -> Path:
+    """Both stages' training loss (raw and a running mean over ``window`` logged steps) as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .loop import read_losses
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, stage, what in zip(axes, ("vae", "full"), ("reconstruction MSE + KL", "noise-prediction MSE")):
+        losses = read_losses(workdir / stage / "metrics.jsonl")
+        steps = np.array(sorted(losses))
+        if len(steps):
+            y = np.array([losses[s] for s in steps])
+            ax.plot(steps, y, color="0.75", lw=0.8, label="logged")
+            k = min(window, len(y))
+            ax.plot(steps[k - 1:], np.convolve(y, np.ones(k) / k, mode="valid"), color="C0", label=f"mean of {k}")
+            ax.legend()
+        ax.set(title=f"{stage}: {what}", xlabel="step", ylabel="loss", yscale="log")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
 def main(argv=None) -> int:
     p = cli.ArgumentParser(prog="python -m xdyna_jax.training.recipe", description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default="runs/tiny_world", help="stage workdirs and bundles go here")
@@ -157,6 +203,8 @@ def main(argv=None) -> int:
             if not (bundle / STAMP).is_file():
                 raise cli.UserError(f"--stages export: {bundle} is not finished (run the full stage first)")
             export_weights(bundle, Path(args.out).absolute())
+            png = plot_losses(workdir, Path(args.out).absolute() / "loss_curves.png")
+            print(f"[tiny-world] loss curves -> {png}", flush=True)
         else:
             scale = None
             if name == "full":
