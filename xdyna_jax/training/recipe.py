@@ -60,7 +60,8 @@ def latent_scale(bundle: Path, frames: int = 64, seed: int = 12345) -> float:
     return scale
 
 
-def stage_commands(workdir: Path, vae_overrides=(), full_overrides=(), scale: float | None = None) -> dict[str, list[str]]:
+def stage_commands(workdir: Path, vae_overrides=(), full_overrides=(),
+                   scale: float | None = None) -> dict[str, list[str]]:
     """The ``train.py`` command line of each training stage (``scale``: the full stage's latent scale)."""
     train_py = str(REPO_ROOT / "train.py")
     return {
@@ -192,7 +193,8 @@ def main(argv=None) -> int:
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
     if bad or not stages:
-        raise cli.UserError(f"--stages {args.stages}: unknown {bad or 'empty'}; expected a subset of {','.join(STAGES)}")
+        raise cli.UserError(f"--stages {args.stages}: unknown {bad or 'empty'}; "
+                            f"expected a subset of {','.join(STAGES)}")
     workdir = Path(args.workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -212,7 +214,8 @@ def main(argv=None) -> int:
                 if not (vae_bundle / STAMP).is_file():
                     raise cli.UserError(f"--stages full: {vae_bundle} is not finished (run the vae stage first)")
                 scale = latent_scale(vae_bundle)
-                print(f"[tiny-world] latent scale of the trained VAE: {scale} (1 / std of its latent means)", flush=True)
+                print(f"[tiny-world] latent scale of the trained VAE: {scale} (1 / std of its latent means)",
+                      flush=True)
             cmd = stage_commands(workdir, args.vae, args.full, scale)[name]
             run_stage(name, cmd, workdir / f"{name}_bundle")
     print(f"[tiny-world] all done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
