@@ -35,7 +35,7 @@ STAMP = "recipe_done.json"  # written into a bundle folder once its stage has fi
 
 def latent_scale(bundle: Path, frames: int = 64, seed: int = 12345) -> float:
     """1 / std of the VAE encoder's means over ``frames`` training-split frames (clips of a seed no stage uses),
-    cached in ``{bundle}/latent_scale.json``."""
+    cached in ``{bundle}/latent_scale.json`` with the reconstruction PSNR of those frames."""
     cache = bundle / "latent_scale.json"
     if cache.is_file():
         return float(json.loads(cache.read_text())["scaling_factor"])
@@ -53,10 +53,17 @@ def latent_scale(bundle: Path, frames: int = 64, seed: int = 12345) -> float:
     b = load_bundle(bundle)
     x = synthetic_batch(seed, 0, frames // 2, 1, t.height, t.width, run.data.scene_ratio)["frames"]
     x = np.asarray(x, np.float32).reshape((-1,) + x.shape[2:]) / 127.5 - 1.0
-    encode = jax.jit(lambda p, v: AutoencoderKL(b.cfg.vae).apply({"params": p}, v, method="encode")[0])
+    vae = AutoencoderKL(b.cfg.vae)
+    encode = jax.jit(lambda p, v: vae.apply({"params": p}, v, method="encode")[0])
+    decode = jax.jit(lambda p, z: vae.apply({"params": p}, z, method="decode"))
     mean = np.concatenate([np.asarray(encode(b.params["vae"], x[i:i + 8])) for i in range(0, len(x), 8)])
     scale = float(f"{1.0 / float(mean.std()):.4g}")  # 4 digits: the same override text on every re-run
-    cache.write_text(json.dumps({"scaling_factor": scale, "latent_std": float(mean.std()), "frames": len(x)}) + "\n")
+    # how well the autoencoder reconstructs these unseen frames (from the latent means), as PSNR over [0, 255]
+    rec = np.concatenate([np.asarray(decode(b.params["vae"], mean[i:i + 8])) for i in range(0, len(mean), 8)])
+    mse = float(np.mean(np.square((np.clip(rec, -1, 1) - x) * 127.5)))
+    psnr = 10 * np.log10(255.0 ** 2 / max(mse, 1e-12))
+    cache.write_text(json.dumps({"scaling_factor": scale, "latent_std": float(mean.std()), "frames": len(x),
+                                 "reconstruction_psnr_db": round(float(psnr), 2)}) + "\n")
     return scale
 
 
@@ -214,8 +221,9 @@ def main(argv=None) -> int:
                 if not (vae_bundle / STAMP).is_file():
                     raise cli.UserError(f"--stages full: {vae_bundle} is not finished (run the vae stage first)")
                 scale = latent_scale(vae_bundle)
-                print(f"[tiny-world] latent scale of the trained VAE: {scale} (1 / std of its latent means)",
-                      flush=True)
+                info = json.loads((vae_bundle / "latent_scale.json").read_text())
+                print(f"[tiny-world] the trained VAE: latent scale {scale} (1 / std of its latent means), "
+                      f"reconstruction PSNR {info.get('reconstruction_psnr_db')} dB on unseen frames", flush=True)
             cmd = stage_commands(workdir, args.vae, args.full, scale)[name]
             run_stage(name, cmd, workdir / f"{name}_bundle")
     print(f"[tiny-world] all done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
