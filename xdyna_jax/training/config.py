@@ -46,6 +46,7 @@ class TrainConfig:
 class DataConfig:
     source: Literal["synthetic", "dataset"] = "synthetic"
     scene_ratio: float = 0.25             # synthetic source: fraction of scene clips (no figure)
+    split: Literal["train", "test"] = "train"  # synthetic source: the world's stream (test: held out, see world.py)
     data_dir: str = ""                    # dataset source: a data.build folder
     splits: tuple[str, ...] = ("human", "scene")
     stride: int = 1

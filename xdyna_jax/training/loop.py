@@ -45,7 +45,7 @@ class SyntheticSource:
 
         t = self.run.train
         return synthetic_batch(t.seed, step, t.batch_size, t.frames, t.height, t.width,
-                               self.run.data.scene_ratio, self.rows)
+                               self.run.data.scene_ratio, self.rows, self.run.data.split)
 
     def state(self, next_step: int) -> dict:
         return {"source": "synthetic", "next_step": next_step}
