@@ -37,11 +37,12 @@ from xdyna_jax.sampling import pipeline
 from xdyna_jax.sampling.ddim import make_schedule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 import official_bridge  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NETS = ("unet", "pose_controlnet", "face_controlnet", "vae")
-GiB = 2 ** 30
+GiB = common.GiB
 
 
 def models(preset: str, dtype: str) -> ModelsConfig:
@@ -183,11 +184,10 @@ def memory(args):
         n_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
         for cn_once in (True, False):
             compiled, c = compile_program(cfg, params, inputs(cfg, 16, h, w, 25, abstract=True), 25, cn_once)
-            m = compiled.memory_analysis()
-            a, t, o = m.argument_size_in_bytes, m.temp_size_in_bytes, m.output_size_in_bytes
-            alias = getattr(m, "alias_size_in_bytes", 0)
-            print(f"| {dtype} | {'on' if cn_once else 'off'} | {c:.1f} | {n_bytes / GiB:.2f} | {a / GiB:.2f} | "
-                  f"{t / GiB:.2f} | {o / GiB:.3f} | {(a + t + o - alias) / GiB:.2f} |", flush=True)
+            m = common.memory(compiled)
+            print(f"| {dtype} | {'on' if cn_once else 'off'} | {c:.1f} | {n_bytes / GiB:.2f} | "
+                  f"{m['argument'] / GiB:.2f} | {m['temp'] / GiB:.2f} | {m['output'] / GiB:.3f} | "
+                  f"{m['peak'] / GiB:.2f} |", flush=True)
 
 
 def main():

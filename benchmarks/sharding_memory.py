@@ -30,16 +30,14 @@ from jax.sharding import NamedSharding, PartitionSpec as P  # noqa: E402
 from xdyna_jax.models import UNet3D, UNet3DConfig, logical_axes, param_shapes  # noqa: E402
 from xdyna_jax.sharding import MeshConfig, logical_to_mesh_spec, make_mesh, param_shardings  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import GiB, abstract  # noqa: E402
+
 MESHES = {  # the first is the baseline of the ratios
     "fsdp8": MeshConfig(data=1, fsdp=8),
     "tensor2_fsdp4": MeshConfig(data=1, fsdp=4, tensor=2),
     "single": None,  # one device, no sharding
 }
-GiB = 2.0 ** 30
-
-
-def abstract(shape, dtype, sharding=None):
-    return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
 
 def compile_forward(model, shapes, inputs, mesh_cfg):

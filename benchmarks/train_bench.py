@@ -1,0 +1,326 @@
+"""The training step: step time, samples/s, FLOPs, MFU and compiled per-device memory.
+
+Every step is built as ``train.py`` builds it: ``training.config.load(configs/train_tiny.yaml, overrides)``,
+``state.models_for_training``, the state's shardings and ``step.compile_step`` (jit with the state donated).
+Sections (``--sections``, default both):
+  tiny  configs/tiny.yaml networks at train_tiny.yaml's shape (batch 2, 2+1 frames, 64x64 pixels, float32,
+        the synthetic source, pixels through the frozen VAE and CLIP in the step), run on this device:
+        median step time of ``--steps`` steps after ``--warmup``, samples/s, FLOP/s, MFU, memory.
+  sd15  configs/sd15.yaml networks, 16+1 frames, per-device batch 1, bfloat16 compute (float32 master
+        params), compiled only: the state and batch are ``ShapeDtypeStruct``s with shardings, nothing
+        full-size is allocated. The batch is the pre-encoded one a large run reads
+        (``data.encoded=[vae_moments, clip_hidden]``: VAE moments and CLIP hidden states, plus pose and
+        S-Face maps), so the VAE encoder and the CLIP image encoder stay resident but do not run.
+        Rows are ``mesh:HxW:stage:remat``; meshes ``one`` (1 device, global batch 1), ``fsdp8`` and
+        ``data2fsdp4`` (8 devices, global batch 8).
+FLOPs: XLA's cost analysis of the step lowered for GPU (``lowering_platforms=("cuda",)``, not compiled),
+whose attention is one einsum. The CPU executable attends in tiles inside a loop, and XLA's cost analysis
+counts a loop body once, so its own figure (the one train.py logs on a CPU) is too low. Remat recomputation
+is included. Memory: ``memory_analysis()`` per device (arguments + outputs + temporaries - aliased).
+Ratios are against the first row of each table, measured in the same run. Example:
+  python benchmarks/train_bench.py                       # the recorded run (benchmarks/RESULTS.md)
+  python benchmarks/train_bench.py --sections sd15 --sd15 one:512x512:adapter:on fsdp8:896x512:full:on
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402  (before jax: 8 fake CPU devices for the sharded rows)
+
+common.fake_cpu_devices(8)
+
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import functools  # noqa: E402
+import math  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from xdyna_jax import config as config_lib  # noqa: E402
+from xdyna_jax.models import ModelsConfig, xdyna  # noqa: E402
+from xdyna_jax.sharding import MeshConfig, make_mesh  # noqa: E402
+from xdyna_jax.training import config as train_config, loop, state as st, step as sp  # noqa: E402
+
+GiB = common.GiB
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+MESHES = {"one": MeshConfig(1, 1, 1), "fsdp8": MeshConfig(1, 8, 1), "data2fsdp4": MeshConfig(2, 4, 1)}
+CHIPS = {"16 GB": 16e9, "80 GB": 80e9, "141 GB": 141e9}
+HEADROOM = 0.9  # fits = peak <= 90 % of the chip: the runtime, allocator fragmentation and workspaces need some
+# in priority order: when --budget-min runs out, the later rows are left out (and named)
+SD15_ROWS = ["one:512x512:adapter:off", "one:512x512:adapter:on", "one:512x512:full:on", "fsdp8:512x512:full:on",
+             "data2fsdp4:512x512:full:on", "one:896x512:adapter:on", "fsdp8:896x512:full:on",
+             "data2fsdp4:896x512:full:on", "one:896x512:full:on", "one:896x512:adapter:off", "one:512x512:full:off",
+             "fsdp8:512x512:adapter:on"]
+TINY_ROWS = ["full:off", "full:on", "adapter:off"]
+
+
+def run_config(models_file: str, overrides) -> train_config.TrainRunConfig:
+    """train_tiny.yaml + overrides, with the networks of ``configs/{models_file}`` (a train YAML names its
+    models file once; the overrides cannot swap it)."""
+    run = train_config.load(CONFIGS / "train_tiny.yaml", overrides)
+    if models_file != "tiny.yaml":
+        over = [o.removeprefix("models.") for o in overrides if o.startswith("models.")]
+        run = dataclasses.replace(run, models=config_lib.load(ModelsConfig, CONFIGS / models_file, over))
+        train_config.check(run)
+    return run
+
+
+def row_overrides(stage: str, remat: str, mesh: MeshConfig, per_device: int, extra=()) -> list[str]:
+    n = mesh.data * mesh.fsdp
+    return [f"train.stage={stage}", f"train.remat={remat == 'on'}", f"mesh.data={mesh.data}",
+            f"mesh.fsdp={mesh.fsdp}", f"mesh.tensor={mesh.tensor}", f"train.batch_size={per_device * n}", *extra]
+
+
+def compile_once(run, models, mesh, state, batch):
+    """(compiled, seconds): ``step.compile_step``, the program train.py runs. Its in-process memo is emptied:
+    this benchmark compiles many configs and keeps none of them."""
+    t0 = time.perf_counter()
+    compiled = sp.compile_step(run, models, mesh, state, batch)
+    secs = time.perf_counter() - t0
+    sp._COMPILED.clear()
+    return compiled, secs
+
+
+@functools.lru_cache(maxsize=None)
+def _flops_cached(run, models, spec):
+    state = st.abstract_state(run, xdyna.param_shapes(run.models))
+    batch = {k: jax.ShapeDtypeStruct(s, jnp.dtype(d)) for k, s, d in spec}
+    fn = jax.jit(functools.partial(sp.train_step, run=sp.step_key_config(run), models=models))
+    return float(fn.trace(state, batch).lower(lowering_platforms=("cuda",)).cost_analysis()["flops"])
+
+
+def model_flops(run, models, batch) -> float:
+    """FLOPs of one step on one device's rows of ``batch`` (per-device shapes), from the GPU lowering
+    (module doc). Memoised: the meshes' rows repeat the one-device row's per-device work."""
+    n = run.mesh.data * run.mesh.fsdp
+    spec = tuple((k, (v.shape[0] // n,) + tuple(v.shape[1:]), str(v.dtype)) for k, v in sorted(batch.items()))
+    one = dataclasses.replace(run, mesh=MeshConfig(1, 1, 1),
+                              train=dataclasses.replace(run.train, batch_size=run.train.batch_size // n))
+    return _flops_cached(one, models, spec)
+
+
+def state_bytes(state) -> int:
+    """Bytes of the train state on one device (its shard of every leaf)."""
+    return sum(math.prod(x.sharding.shard_shape(x.shape)) * x.dtype.itemsize for x in jax.tree.leaves(state))
+
+
+def fmt_ratio(v, base) -> str:
+    return f"{v / base:.2f}" if base else "-"
+
+
+# --- tiny: run steps -----------------------------------------------------------------------------------
+
+def tiny(args) -> list[dict]:
+    from xdyna_jax.models.clip_preprocess import default_image_processor
+    from xdyna_jax.sharding import host_local_to_global
+
+    out = []
+    for row in args.tiny:
+        stage, remat = row.split(":")
+        run = run_config("tiny.yaml", ["train.init=random", "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1",
+                                       f"train.stage={stage}", f"train.remat={remat == 'on'}", *args.tiny_override])
+        t = run.train
+        mesh = make_mesh(run.mesh, loop.mesh_devices(run.mesh))
+        models = st.models_for_training(run)
+        state = st.init_state(run, mesh, loop.initial_params(run, mesh))  # seeded numpy values, no init program
+        raw = loop.SyntheticSource(run).batch(0)  # one batch for every step: the data source is not timed
+        batch = host_local_to_global(loop.prepare_batch(raw, models, t, default_image_processor(
+            run.models.image_encoder.image_size)), mesh)
+        compiled, compile_s = compile_once(run, models, mesh, state, batch)
+        mem = common.memory(compiled)
+        times, losses = [], []
+        for i in range(args.warmup + args.steps):
+            tic = time.perf_counter()
+            state, metrics = compiled(state, batch)
+            losses.append(float(jax.block_until_ready(metrics)["loss"]))  # waits for the step
+            if i >= args.warmup:
+                times.append(time.perf_counter() - tic)
+        if not all(map(math.isfinite, losses)):
+            raise RuntimeError(f"tiny {row}: non-finite loss {losses}")
+        step_s = statistics.median(times)
+        flops = model_flops(run, models, batch)
+        peak = sp.peak_flops(jax.devices()[0])
+        out.append(dict(row=row, dtype=t.compute_dtype, compile_s=compile_s, step_s=step_s,
+                        samples_s=t.batch_size / step_s, flops=flops, flops_s=flops / step_s,
+                        mfu=flops / step_s / peak if peak else None, peak=mem["peak"], loss=losses[-1]))
+        print(f"  tiny {row}: compiled in {compile_s:.1f} s, median step {step_s:.3f} s", flush=True)
+    run0 = run_config("tiny.yaml", list(args.tiny_override))
+    t = run0.train
+    print(f"\n## tiny: configs/tiny.yaml networks, 1 device, batch {t.batch_size}, 1+{t.frames} frames, "
+          f"{t.height}x{t.width} px, pixels + CLIP pixels encoded in the step; median of {args.steps} steps "
+          f"after {args.warmup} warm-up")
+    print("| stage | remat | compute | compile s | step s | samples/s | × base | GFLOP/step | GFLOP/s | MFU | "
+          "peak GiB | loss |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    base = out[0]["samples_s"] if out else 0
+    for r in out:
+        stage, remat = r["row"].split(":")
+        mfu = f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "n/a (CPU)"
+        print(f"| {stage} | {remat} | {r['dtype']} | {r['compile_s']:.1f} | {r['step_s']:.3f} | {r['samples_s']:.2f} | "
+              f"{fmt_ratio(r['samples_s'], base)} | {r['flops'] / 1e9:.3g} | {r['flops_s'] / 1e9:.3g} | {mfu} | "
+              f"{r['peak'] / GiB:.3f} | {r['loss']:.4f} |", flush=True)
+    return out
+
+
+# --- sd15: compile only --------------------------------------------------------------------------------
+
+def abstract_batch(run, mesh) -> dict:
+    """The pre-encoded batch of ``loop.prepare_batch`` (objective module doc) as sharded ShapeDtypeStructs."""
+    t, m = run.train, run.models
+    b, f, h, w = t.batch_size, t.frames, t.height, t.width
+    down = m.vae.downscale
+    tokens = (m.image_encoder.image_size // m.image_encoder.patch_size) ** 2 + 1  # hidden_states[-2], CLS first
+    shapes = {"vae_moments": (b, 1 + f, h // down, w // down, 2 * m.unet.in_channels),
+              "clip_hidden": (b, tokens, m.image_encoder.hidden_size), "pose": (b, f, h, w, 3)}
+    if m.face_controlnet is not None:
+        shapes["face"] = (b, f, h, w, 6)
+    shapes = {k: jax.ShapeDtypeStruct(s, jnp.float32) for k, s in shapes.items()}
+    return jax.tree.map(lambda v, s: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=s), shapes,
+                        sp.batch_shardings(shapes, mesh))
+
+
+def sd15_setup(row: str, args):
+    """(run, models, mesh, abstract state, abstract batch) of one ``mesh:HxW:stage:remat`` row."""
+    mesh_name, size, stage, remat = row.split(":")
+    h, w = map(int, size.split("x"))
+    run = run_config(args.sd15_models, row_overrides(stage, remat, MESHES[mesh_name], 1, [
+        "train.frames=16", f"train.height={h}", f"train.width={w}", f"train.compute_dtype={args.dtype}",
+        "data.encoded=[vae_moments,clip_hidden]", *args.sd15_override]))
+    mesh = make_mesh(run.mesh, loop.mesh_devices(run.mesh))
+    shapes = xdyna.param_shapes(run.models)
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                         st.abstract_state(run, shapes), st.state_shardings(run, mesh, shapes))
+    return run, st.models_for_training(run), mesh, state, abstract_batch(run, mesh)
+
+
+def assignment_memory(path) -> dict:
+    """``common.memory``'s figures from XLA's buffer-assignment dump (``*-buffer-assignment.txt``), the table
+    ``memory_analysis()`` sums: arguments = parameter allocations, outputs = maybe-live-out allocations,
+    aliased = both, temporaries = the preallocated temp allocation (thread-local scratch is not counted)."""
+    m = dict(argument=0, output=0, temp=0, alias=0)
+    with open(path) as f:
+        for line in f:
+            if line.startswith("allocation "):
+                head = line.split(":", 1)[1]
+                size = int(re.search(r"size (\d+)", head).group(1))
+                param, live = ", parameter " in head, "maybe-live-out" in head
+                m["argument"] += size * param
+                m["output"] += size * live
+                m["alias"] += size * (param and live)
+                m["temp"] += size * ("preallocated-temp" in head)
+    m["peak"] = m["argument"] + m["output"] + m["temp"] - m["alias"]
+    return m
+
+
+def compile_in_child(row: str, args, on_start=lambda: None) -> tuple[dict, float]:
+    """(memory, seconds) of ``row``'s step compiled in a child process with XLA dumping the optimised module,
+    stopped once its buffer assignment is written. Why: XLA:CPU then builds a thunk execution graph whose
+    edge pruning grows with the cube of the number of collectives; on the sharded full-size step (thousands
+    of all-gathers and reduce-scatters) that ran past 20 minutes on this machine, and the memory figures are
+    fixed before it. A child also keeps each compile's host memory out of this process."""
+    with tempfile.TemporaryDirectory(prefix="train_bench_") as d:
+        env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={d} "
+                   "--xla_dump_hlo_module_re=.*train_step.*")  # the parent's flags carry the device count
+        cmd = [sys.executable, __file__, "--child-row", row, "--dtype", args.dtype, "--sd15-models", args.sd15_models,
+               "--sd15-override", *args.sd15_override]
+        t0 = time.perf_counter()
+        with open(Path(d) / "stderr.txt", "w") as err:
+            child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            on_start()  # the parent's own work (the FLOP count) overlaps the child's compile
+            while True:  # the memory-usage report is written right after the buffer assignment
+                done = list(Path(d).glob("*train_step*-memory-usage-report.txt"))
+                if done:
+                    secs = time.perf_counter() - t0
+                    break
+                if child.poll() is not None:
+                    raise RuntimeError(f"{row}: the child compile exited {child.returncode} without a buffer "
+                                       f"assignment:\n{(Path(d) / 'stderr.txt').read_text()[-3000:]}")
+                time.sleep(1)
+            time.sleep(2)
+            (path,) = Path(d).glob("*train_step*cpu_after_optimizations-buffer-assignment.txt")
+            return assignment_memory(path), secs
+        finally:
+            child.kill()
+            child.wait()
+
+
+def sd15_row(row: str, args) -> dict:
+    run, models, mesh, state, batch = sd15_setup(row, args)
+    flops = []
+    mem, secs = compile_in_child(row, args, on_start=lambda: flops.append(model_flops(run, models, batch)))
+    mesh_name, size, stage, remat = row.split(":")
+    return dict(row=row, mesh=mesh_name, size=size, stage=stage, remat=remat, devices=mesh.size,
+                batch=run.train.batch_size, compile_s=secs, state=state_bytes(state), **mem, flops=flops[0])
+
+
+def sd15(args, start: float) -> list[dict]:
+    out, left, last = [], [], 0.0
+    for row in args.sd15:
+        # a compile takes minutes: start one only when one as long as the last still fits the budget
+        if time.perf_counter() - start + last > 60 * args.budget_min:
+            left.append(row)
+            continue
+        t0 = time.perf_counter()
+        out.append(sd15_row(row, args))
+        last = time.perf_counter() - t0
+        print(f"  sd15 {row}: buffer assignment after {out[-1]['compile_s']:.1f} s (row {last:.0f} s)", flush=True)
+    print(f"\n## sd15: configs/{args.sd15_models} networks, 16+1 frames, per-device batch 1, {args.dtype} compute, "
+          "float32 params and Adam moments, pre-encoded batch; compiled only, memory per device")
+    chips = " | ".join(f"fits {c}" for c in CHIPS)
+    print(f"| mesh | devices × batch | image | stage | remat | s to assignment | state GiB | temp GiB | peak GiB | "
+          f"× base | TFLOP/step/device | {chips} |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"
+          + "---|" * len(CHIPS))
+    base = out[0]["peak"] if out else 0
+    for r in out:
+        fits = " | ".join("yes" if r["peak"] <= HEADROOM * cap else "no" for cap in CHIPS.values())
+        print(f"| {r['mesh']} | {r['devices']} × {r['batch'] // r['devices']} | {r['size']} | {r['stage']} | "
+              f"{r['remat']} | {r['compile_s']:.1f} | {r['state'] / GiB:.2f} | {r['temp'] / GiB:.2f} | "
+              f"{r['peak'] / GiB:.2f} | {fmt_ratio(r['peak'], base)} | {r['flops'] / 1e12:.1f} | {fits} |", flush=True)
+    if left:
+        print(f"not compiled (over --budget-min {args.budget_min:g}): {', '.join(left)}")
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sections", nargs="+", default=["tiny", "sd15"], choices=["tiny", "sd15"])
+    ap.add_argument("--tiny", nargs="+", default=TINY_ROWS, help="tiny rows, stage:remat (first = baseline)")
+    ap.add_argument("--tiny-override", nargs="*", default=[], help="key=value for every tiny row (train.*, models.*)")
+    ap.add_argument("--steps", type=int, default=5, help="tiny: timed steps (median)")
+    ap.add_argument("--warmup", type=int, default=2, help="tiny: untimed steps first")
+    ap.add_argument("--sd15", nargs="+", default=SD15_ROWS, help="sd15 rows, mesh:HxW:stage:remat, in priority order")
+    ap.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16", help="sd15: train.compute_dtype")
+    ap.add_argument("--budget-min", type=float, default=25.0,
+                    help="sd15: start no row that would end past this many minutes of the whole run")
+    ap.add_argument("--sd15-models", default="sd15.yaml", help="sd15: the networks (a configs/ file)")
+    ap.add_argument("--sd15-override", nargs="*", default=[], help="sd15: key=value for every row")
+    ap.add_argument("--child-row", help=argparse.SUPPRESS)  # compile_in_child's child: compile one row, no output
+    args = ap.parse_args(argv)
+    if args.child_row:
+        run, models, mesh, state, batch = sd15_setup(args.child_row, args)
+        compile_once(run, models, mesh, state, batch)
+        return {}
+    start = time.perf_counter()
+    print(common.device_line(), flush=True)
+    result = {}
+    if "tiny" in args.sections:
+        result["tiny"] = tiny(args)
+    if "sd15" in args.sections:
+        result["sd15"] = sd15(args, start)
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20
+    print(f"\nwall {time.perf_counter() - start:.0f} s, peak host RSS {rss:.1f} GiB")
+    return result
+
+
+if __name__ == "__main__":
+    main()
