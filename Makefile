@@ -14,13 +14,14 @@ TEST_XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 
 export PYTHONUNBUFFERED := 1
 
-.PHONY: sample test install install-test clean-venv help
+.PHONY: sample test install install-test clean-venv help tiny-world
 
 help:
 	@echo "make sample        create .venv, pip install -e ., run sample.py (args: SAMPLE_ARGS=...)"
-	@echo "make test          create .venv, pip install -e '.[test,data]', run pytest (args: PYTEST_ARGS=...)"
+	@echo "make test          create .venv, pip install -e '.[test,data,eval]', run pytest (args: PYTEST_ARGS=...)"
 	@echo "make install       only the package install;  make install-test: with the test extra"
 	@echo "make clean-venv    remove .venv"
+	@echo "make tiny-world    train the tiny world from nothing (data, vae, full, export to weights/tiny_world; resumes; args: RECIPE_ARGS=...)"
 
 sample: $(VENV)/.installed-sample
 	$(PY) sample.py $(SAMPLE_ARGS)
@@ -46,6 +47,12 @@ $(VENV)/.installed-sample: $(DEPS) | $(PY)
 $(VENV)/.installed-test: $(DEPS) | $(PY)
 	$(PIP) install -e ".[test,data,eval]"
 	touch $@ $(VENV)/.installed-sample
+
+# The tiny world's recipe (docs/TINY_WORLD.md): each stage resumes on its own workdir, a finished one is skipped.
+# The test install: the world draws with OpenCV (the data extra).
+RECIPE_ARGS ?=
+tiny-world: $(VENV)/.installed-test
+	$(PY) -m xdyna_jax.training.recipe $(RECIPE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -184,3 +184,25 @@ def test_string_tuple_override_is_a_list_and_optional_str_keeps_text():
     assert load(Blocks, overrides=["label=007"]).label == "007"
     with pytest.raises(ConfigError, match="kinds"):
         load(Blocks, overrides=["kinds=down"])
+
+
+@dataclasses.dataclass(frozen=True)
+class RunWithParts:
+    optim: Optim = Optim()
+    models: Run = Run()
+
+
+def test_load_run_reads_a_section_from_a_file_beside_it(tmp_path):
+    from xdyna_jax.config import load_run
+
+    (tmp_path / "nets.yaml").write_text("name: nets\nsizes: [1, 2]\n")
+    run_file = write(tmp_path, "optim:\n  steps: 4\nmodels: nets.yaml\n")
+    cfg = load_run(RunWithParts, run_file, ["models.seed=3"])
+    assert (cfg.optim.steps, cfg.models.name, cfg.models.sizes, cfg.models.seed) == (4, "nets", (1, 2), 3)
+    run_file.write_text("models: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: models: cannot read .*missing.yaml"):
+        load_run(RunWithParts, run_file)
+    (tmp_path / "nets.yaml").write_text("nmae: typo\n")
+    run_file.write_text("models: nets.yaml\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: .*nmae"):
+        load_run(RunWithParts, run_file)

@@ -31,6 +31,9 @@ def _paths(tree):
     ("adapter+pose_controlnet", ["to_q_ff", "pose_controlnet/"], ["motion_modules", "face_controlnet/"]),
     ("full", ["unet/conv_in/kernel", "pose_controlnet/", "face_controlnet/"], ["vae/", "resampler/", "text_encoder/"]),
     ("vae", ["vae/"], ["unet/"]),
+    ("resampler", ["resampler/latents", "resampler/proj_in/kernel"], ["unet/", "image_encoder/", "controlnet"]),
+    ("full+resampler", ["unet/conv_in/kernel", "face_controlnet/", "resampler/proj_out/kernel"],
+     ["vae/", "image_encoder/", "text_encoder/"]),
 ])
 def test_stage_split_partitions_the_tree(shapes, stage, must, must_not):
     train, frozen = st.split(shapes, stage)

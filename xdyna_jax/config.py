@@ -183,3 +183,32 @@ def _merge(base: dict, new: Mapping) -> dict:
         else:
             out[k] = v
     return out
+
+
+def load_run(cls: type[T], path: str | Path | None, overrides: Sequence[str] = (),
+             sections: Sequence[str] = ("models",)) -> T:
+    """A run config (``configs/sample_*.yaml``, ``configs/train_*.yaml``) plus overrides, where each of
+    ``sections`` may be given as the name of a YAML file relative to the run file (``models: tiny.yaml``), so
+    the network presets live in one place. Errors are ``ConfigError`` naming the run file."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read config file ({getattr(e, 'strerror', None) or e})") from e
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from e
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping with the sections {[f.name for f in dataclasses.fields(cls)]}")
+        for name in sections:
+            if isinstance(raw.get(name), str):
+                part = path.parent / raw[name]
+                try:
+                    raw[name] = yaml.safe_load(part.read_text()) or {}
+                except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+                    raise ConfigError(f"{path}: {name}: cannot read {part} ({e})") from e
+    try:
+        return load(cls, None, overrides, defaults=raw)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}" if path is not None else str(e)) from e

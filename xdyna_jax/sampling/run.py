@@ -227,26 +227,9 @@ def default_inputs(examples: Optional[Path], workdir: Path, height: int, width: 
 def load_run_config(path, overrides: Sequence[str] = ()) -> SampleRunConfig:
     """A ``configs/sample_*.yaml`` plus ``key=value`` overrides; its ``models`` may name a ModelsConfig
     file (relative to it), so the network presets live in one place."""
-    import yaml
-
     from xdyna_jax import config as config_lib
 
-    path = Path(path)
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except OSError as e:
-        raise UserError(f"--config {path}: cannot read ({e.strerror})") from e
-    except yaml.YAMLError as e:
-        raise UserError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from e
-    if not isinstance(raw, dict):
-        raise UserError(f"--config {path}: expected a mapping with sample, models, mesh, fps")
-    if isinstance(raw.get("models"), str):
-        models_file = path.parent / raw["models"]
-        try:
-            raw["models"] = yaml.safe_load(models_file.read_text()) or {}
-        except (OSError, yaml.YAMLError) as e:
-            raise UserError(f"--config {path}: models: cannot read {models_file} ({e})") from e
-    try:
-        return config_lib.load(SampleRunConfig, None, overrides, defaults=raw)
+        return config_lib.load_run(SampleRunConfig, path, overrides)
     except config_lib.ConfigError as e:
-        raise UserError(f"--config {path}: {e}") from e
+        raise UserError(f"--config {e}") from e

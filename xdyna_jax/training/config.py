@@ -46,6 +46,7 @@ class TrainConfig:
 class DataConfig:
     source: Literal["synthetic", "dataset"] = "synthetic"
     scene_ratio: float = 0.25             # synthetic source: fraction of scene clips (no figure)
+    split: Literal["train", "test"] = "train"  # synthetic source: the world's stream (test: held out, see world.py)
     data_dir: str = ""                    # dataset source: a data.build folder
     splits: tuple[str, ...] = ("human", "scene")
     stride: int = 1
@@ -71,29 +72,10 @@ RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.max_to_keep", "tr
 
 def load(path: Optional[str | Path], overrides: Sequence[str] = ()) -> TrainRunConfig:
     """A train YAML plus ``key=value`` overrides; its ``models`` may name a ModelsConfig file relative to it."""
-    import yaml
-
-    raw: dict = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except OSError as e:
-            raise UserError(f"--config {path}: cannot read ({e.strerror})") from e
-        except yaml.YAMLError as e:
-            raise UserError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from e
-        if not isinstance(raw, dict):
-            raise UserError(f"--config {path}: expected a mapping with train, data, mesh, models")
-        if isinstance(raw.get("models"), str):
-            models_file = path.parent / raw["models"]
-            try:
-                raw["models"] = yaml.safe_load(models_file.read_text()) or {}
-            except (OSError, yaml.YAMLError) as e:
-                raise UserError(f"--config {path}: models: cannot read {models_file} ({e})") from e
     try:
-        cfg = config_lib.load(TrainRunConfig, None, overrides, defaults=raw)
+        cfg = config_lib.load_run(TrainRunConfig, path, overrides)
     except config_lib.ConfigError as e:
-        raise UserError(f"{'--config ' + str(path) + ': ' if path else ''}{e}") from e
+        raise UserError(f"--config {e}" if path is not None else str(e)) from e
     check(cfg)
     return cfg
 

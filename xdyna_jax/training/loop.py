@@ -6,7 +6,8 @@ Side effects live here (files, signals, progress); the step itself is pure (``st
 * logging: ``{workdir}/metrics.jsonl`` (one JSON object per logged step), TensorBoard events under
   ``{workdir}/tb`` (tensorboardX, no TensorFlow) and a progress bar (step, loss, samples/s, ETA);
 * checkpoints every ``train.save_every`` steps and at the end; re-running on the same workdir resumes;
-* SIGTERM (preemption) saves a checkpoint after the current step and returns 0;
+* SIGTERM (preemption) saves a checkpoint after the current step and returns 0; on several processes, a
+  signal to any one stops all of them after the same step;
 * a NaN or Inf loss raises ``NonFiniteLoss`` before anything after the last good checkpoint is saved.
 """
 from __future__ import annotations
@@ -44,7 +45,7 @@ class SyntheticSource:
 
         t = self.run.train
         return synthetic_batch(t.seed, step, t.batch_size, t.frames, t.height, t.width,
-                               self.run.data.scene_ratio, self.rows)
+                               self.run.data.scene_ratio, self.rows, self.run.data.split)
 
     def state(self, next_step: int) -> dict:
         return {"source": "synthetic", "next_step": next_step}
@@ -141,6 +142,16 @@ def read_losses(path: Path) -> dict[int, float]:
 
 
 # --- the loop ---------------------------------------------------------------------------------------
+
+def any_host(flag: bool) -> bool:
+    """True on every process when ``flag`` is True on any one: all hosts must stop (and save) after the same
+    step, or the ones that go on wait forever in the next collective. One tiny all-gather per step."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+
 
 def initial_params(run: TrainRunConfig, mesh):
     """Full params on ``mesh``: the models' own initialisers (seed ``train.seed``), seeded random values, or a
@@ -272,12 +283,14 @@ def train(run: TrainRunConfig, workdir, *, out=print, params=None) -> dict:
             bar.update(1)
             if step_no % t.log_every == 0:
                 flush()
-            if step_no % t.save_every == 0 or step_no == t.steps or terminated:
+            stop = any_host(bool(terminated))
+            if step_no % t.save_every == 0 or step_no == t.steps or stop:
                 save(step_no, position)
-            if terminated:
+            if stop:
                 manager.wait_until_finished()
                 bar.close()
-                out(f"SIGTERM: saved a checkpoint at step {step_no} ({manager.directory}); exiting")
+                who = "" if terminated else " (received by another process)"
+                out(f"SIGTERM{who}: saved a checkpoint at step {step_no} ({manager.directory}); exiting")
                 summary.update(terminated=True, end_step=step_no, state=state)
                 return summary
         flush()

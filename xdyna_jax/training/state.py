@@ -27,6 +27,8 @@ STAGES: dict[str, tuple[str, ...]] = {
     "face_controlnet": (r"^face_controlnet/",),
     "full": (r"^(unet|pose_controlnet|face_controlnet)/",),                # pretraining from scratch
     "vae": (r"^vae/",),                                                    # the autoencoder's own objective
+    # the IP-Adapter's Resampler, trained over a frozen image encoder ("full+resampler" from scratch)
+    "resampler": (r"^resampler/",),
 }
 
 

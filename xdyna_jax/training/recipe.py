@@ -1,0 +1,234 @@
+"""The tiny world's recipe (``make tiny-world``): every stage through ``train.py``, resumable, with progress.
+
+``python -m xdyna_jax.training.recipe [--workdir runs/tiny_world] [--out weights/tiny_world]
+[--stages vae,full,export] [--vae KEY=VALUE ...] [--full KEY=VALUE ...]``
+
+1. ``vae``: ``train.py --config configs/train_world_vae.yaml --workdir {workdir}/vae --export {workdir}/vae_bundle``;
+2. ``full``: ``train.py --config configs/train_world_full.yaml --workdir {workdir}/full --export
+   {workdir}/full_bundle train.init={workdir}/vae_bundle models.vae.scaling_factor=S`` (UNet, ControlNets,
+   Resampler over the stage-1 VAE). ``S`` = 1 / std of the trained VAE's latent means over training frames
+   (``latent_scale``), the rule that gave SD1.5 its 0.18215: the diffusion schedule assumes unit-variance latents;
+3. ``export``: the full bundle as bf16 official-named safetensors + ``config.yaml`` in ``--out``.
+
+Each stage runs in its own process (one JAX runtime per stage, as a user would run them) and resumes on
+its own workdir: ``train.py`` restarts from the last checkpoint, and a stage whose bundle is written and
+whose checkpoint is at its final step is skipped. Seeds are the configs' ``train.seed``; the data is a
+pure function of (seed, step), so a resumed stage sees the batches it would have seen.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from xdyna_jax import cli
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = REPO_ROOT / "configs"
+STAGES = ("vae", "full", "export")
+STAMP = "recipe_done.json"  # written into a bundle folder once its stage has finished and exported
+
+
+def latent_scale(bundle: Path, frames: int = 64, seed: int = 12345) -> float:
+    """1 / std of the VAE encoder's means over ``frames`` training-split frames (clips of a seed no stage uses),
+    cached in ``{bundle}/latent_scale.json`` with the reconstruction PSNR of those frames."""
+    cache = bundle / "latent_scale.json"
+    if cache.is_file():
+        return float(json.loads(cache.read_text())["scaling_factor"])
+    import jax
+    import numpy as np
+
+    from xdyna_jax.models.vae import AutoencoderKL
+    from xdyna_jax.porting.bundle import load_bundle
+
+    from . import config as train_config
+    from .synthetic import synthetic_batch
+
+    run = train_config.load(CONFIGS / "train_world_full.yaml")
+    t = run.train
+    b = load_bundle(bundle)
+    x = synthetic_batch(seed, 0, frames // 2, 1, t.height, t.width, run.data.scene_ratio)["frames"]
+    x = np.asarray(x, np.float32).reshape((-1,) + x.shape[2:]) / 127.5 - 1.0
+    vae = AutoencoderKL(b.cfg.vae)
+    encode = jax.jit(lambda p, v: vae.apply({"params": p}, v, method="encode")[0])
+    decode = jax.jit(lambda p, z: vae.apply({"params": p}, z, method="decode"))
+    mean = np.concatenate([np.asarray(encode(b.params["vae"], x[i:i + 8])) for i in range(0, len(x), 8)])
+    scale = float(f"{1.0 / float(mean.std()):.4g}")  # 4 digits: the same override text on every re-run
+    # how well the autoencoder reconstructs these unseen frames (from the latent means), as PSNR over [0, 255]
+    rec = np.concatenate([np.asarray(decode(b.params["vae"], mean[i:i + 8])) for i in range(0, len(mean), 8)])
+    mse = float(np.mean(np.square((np.clip(rec, -1, 1) - x) * 127.5)))
+    psnr = 10 * np.log10(255.0 ** 2 / max(mse, 1e-12))
+    cache.write_text(json.dumps({"scaling_factor": scale, "latent_std": float(mean.std()), "frames": len(x),
+                                 "reconstruction_psnr_db": round(float(psnr), 2)}) + "\n")
+    return scale
+
+
+def stage_commands(workdir: Path, vae_overrides=(), full_overrides=(),
+                   scale: float | None = None) -> dict[str, list[str]]:
+    """The ``train.py`` command line of each training stage (``scale``: the full stage's latent scale)."""
+    train_py = str(REPO_ROOT / "train.py")
+    return {
+        "vae": [sys.executable, train_py, "--config", str(CONFIGS / "train_world_vae.yaml"),
+                "--workdir", str(workdir / "vae"), "--export", str(workdir / "vae_bundle"), *vae_overrides],
+        "full": [sys.executable, train_py, "--config", str(CONFIGS / "train_world_full.yaml"),
+                 "--workdir", str(workdir / "full"), "--export", str(workdir / "full_bundle"),
+                 f"train.init={workdir / 'vae_bundle'}",
+                 *([f"models.vae.scaling_factor={scale}"] if scale is not None else []), *full_overrides],
+    }
+
+
+def _done(bundle: Path, command: list[str]) -> bool:
+    """True when ``bundle`` was written by exactly this command (same overrides) to its end."""
+    stamp = bundle / STAMP
+    if not stamp.is_file():
+        return False
+    try:
+        return json.loads(stamp.read_text()).get("command") == command[1:]
+    except json.JSONDecodeError:
+        return False
+
+
+def run_stage(name: str, command: list[str], bundle: Path, out=print) -> float:
+    """Run one training stage unless it is done; returns its wall seconds (0 when skipped)."""
+    if _done(bundle, command):
+        out(f"[tiny-world] {name}: done ({bundle}); skipped")
+        return 0.0
+    out(f"[tiny-world] {name}: {' '.join(command[1:])}")
+    t0 = time.perf_counter()
+    rc = subprocess.call(command, cwd=REPO_ROOT)
+    if rc != 0:
+        raise cli.UserError(f"tiny-world stage {name} failed (exit {rc}); re-run to resume from its last checkpoint")
+    if not (bundle / "bundle.json").is_file():  # train.py exits 0 after a SIGTERM without exporting
+        raise cli.UserError(f"tiny-world stage {name} stopped before its end (no {bundle}); re-run to resume")
+    dt = time.perf_counter() - t0
+    (bundle / STAMP).write_text(json.dumps({"command": command[1:], "seconds": dt}) + "\n")
+    out(f"[tiny-world] {name}: finished in {dt / 60:.1f} min -> {bundle}")
+    return dt
+
+
+def export_weights(bundle: Path, out_dir: Path, out=print) -> list[Path]:
+    """The bundle as bf16 ``.safetensors`` (official names, ``porting.bundle.EXPORT_NAMES``) + its config.yaml.
+
+    The motion modules' ``pos_encoder.pe`` buffers stay float32: they are the fixed sinusoidal table, which
+    the loader checks against its own, and bf16 rounding (up to 2e-3) would fail that check."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from xdyna_jax.porting.bundle import EXPORT_NAMES, load_bundle
+    from xdyna_jax.porting.convert import params_to_torch
+    from xdyna_jax.porting.io import write_safetensors
+
+    b = load_bundle(bundle)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    files = []
+    for part in b.parts:
+        state = params_to_torch(jax.tree.map(np.asarray, b.params[part]), getattr(b.cfg, part))
+        state = {k: v if k.endswith(".pe") else v.astype(jnp.bfloat16) for k, v in state.items()}
+        files.append(tmp / EXPORT_NAMES[part])
+        write_safetensors(state, files[-1], metadata={"format": "pt", "source": "xdyna_jax tiny world", "part": part})
+    shutil.copy2(bundle / "config.yaml", tmp / "config.yaml")
+    shutil.copy2(bundle / "report.txt", tmp / "report.txt")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    tmp.rename(out_dir)
+    total = sum(f.stat().st_size for f in out_dir.iterdir())
+    out(f"[tiny-world] export: {len(files)} weight files, {total / 1e6:.1f} MB -> {out_dir}")
+    return [out_dir / f.name for f in files]
+
+
+def load_weights(folder) -> tuple[dict, object]:
+    """(params {part: numpy tree}, ModelsConfig) of an exported folder (``export_weights``), bf16 values
+    widened to float32."""
+    import jax
+    import numpy as np
+
+    from xdyna_jax import config as config_lib
+    from xdyna_jax.models.xdyna import ModelsConfig
+    from xdyna_jax.porting.bundle import EXPORT_NAMES, convert_bundle
+
+    folder = Path(folder)
+    cfg = config_lib.load(ModelsConfig, folder / "config.yaml")
+    arg = {"resampler": "ip_adapter"}  # convert_bundle's keyword for the Resampler file
+    files = {arg.get(p, p): str(folder / n) for p, n in EXPORT_NAMES.items() if (folder / n).is_file()}
+    params, cfg, _ = convert_bundle(cfg, **files)
+    return jax.tree.map(lambda v: np.asarray(v, np.float32), params), cfg
+
+
+def plot_losses(workdir: Path, png: Path, window: int = 25) -> Path:
+    """Both stages' training loss (raw and a running mean over ``window`` logged steps) as one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .loop import read_losses
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, stage, what in zip(axes, ("vae", "full"), ("reconstruction MSE + KL", "noise-prediction MSE")):
+        losses = read_losses(workdir / stage / "metrics.jsonl")
+        steps = np.array(sorted(losses))
+        if len(steps):
+            y = np.array([losses[s] for s in steps])
+            ax.plot(steps, y, color="0.75", lw=0.8, label="logged")
+            k = min(window, len(y))
+            ax.plot(steps[k - 1:], np.convolve(y, np.ones(k) / k, mode="valid"), color="C0", label=f"mean of {k}")
+            ax.legend()
+        ax.set(title=f"{stage}: {what}", xlabel="step", ylabel="loss", yscale="log")
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
+def main(argv=None) -> int:
+    p = cli.ArgumentParser(prog="python -m xdyna_jax.training.recipe", description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", default="runs/tiny_world", help="stage workdirs and bundles go here")
+    p.add_argument("--out", default="weights/tiny_world", help="the exported bf16 weights")
+    p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
+    p.add_argument("--vae", action="append", default=[], metavar="KEY=VALUE", help="override of the vae stage")
+    p.add_argument("--full", action="append", default=[], metavar="KEY=VALUE", help="override of the full stage")
+    args = p.parse_args(argv)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    bad = [s for s in stages if s not in STAGES]
+    if bad or not stages:
+        raise cli.UserError(f"--stages {args.stages}: unknown {bad or 'empty'}; "
+                            f"expected a subset of {','.join(STAGES)}")
+    workdir = Path(args.workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for i, name in enumerate(stages, 1):
+        print(f"[tiny-world] stage {i}/{len(stages)}: {name}", flush=True)
+        if name == "export":
+            bundle = workdir / "full_bundle"
+            if not (bundle / STAMP).is_file():
+                raise cli.UserError(f"--stages export: {bundle} is not finished (run the full stage first)")
+            export_weights(bundle, Path(args.out).absolute())
+            png = plot_losses(workdir, Path(args.out).absolute() / "loss_curves.png")
+            print(f"[tiny-world] loss curves -> {png}", flush=True)
+        else:
+            scale = None
+            if name == "full":
+                vae_bundle = workdir / "vae_bundle"
+                if not (vae_bundle / STAMP).is_file():
+                    raise cli.UserError(f"--stages full: {vae_bundle} is not finished (run the vae stage first)")
+                scale = latent_scale(vae_bundle)
+                info = json.loads((vae_bundle / "latent_scale.json").read_text())
+                print(f"[tiny-world] the trained VAE: latent scale {scale} (1 / std of its latent means), "
+                      f"reconstruction PSNR {info.get('reconstruction_psnr_db')} dB on unseen frames", flush=True)
+            cmd = stage_commands(workdir, args.vae, args.full, scale)[name]
+            run_stage(name, cmd, workdir / f"{name}_bundle")
+    print(f"[tiny-world] all done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
