@@ -12,10 +12,8 @@ Sections (``--sections``, default both):
         (``data.encoded=[vae_moments, clip_hidden]``: VAE moments and CLIP hidden states, plus pose and
         S-Face maps), so the VAE encoder and the CLIP image encoder stay resident but do not run.
         Rows are ``mesh:HxW:stage:remat``; meshes ``one`` (1 device, global batch 1), ``fsdp8`` and
-        ``data2fsdp4`` (8 devices, global batch 8). Attention is dense (``DENSE`` below: logits for all
-        queries, as the ``xla`` backend computes on GPU and TPU), not the CPU's tiled loop, whose loop axis
-        holds the batch: XLA gathers the whole batch onto every device there (tiny networks at 256x256:
-        fsdp=8 needed 5.7x the one-device temporaries with the tiles, 0.77x dense).
+        ``data2fsdp4`` (8 devices, global batch 8). Attention is the GPU/TPU program's (``sd15_setup``): the
+        ``xla`` backend's one einsum, f32 logits for all queries (``attention_query_chunk`` bounds them).
         Each row compiles in a child process that is stopped once XLA has assigned its buffers
         (``compile_in_child``); the memory is read from that assignment, the table ``memory_analysis()`` sums.
 FLOPs: XLA's cost analysis of the step lowered for GPU (``lowering_platforms=("cuda",)``, not compiled),
@@ -52,7 +50,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from xdyna_jax import config as config_lib  # noqa: E402
-from xdyna_jax.models import ModelsConfig, xdyna  # noqa: E402
+from xdyna_jax.models import ModelsConfig, attention, xdyna  # noqa: E402
 from xdyna_jax.sharding import MeshConfig, make_mesh  # noqa: E402
 from xdyna_jax.training import config as train_config, loop, state as st, step as sp  # noqa: E402
 
@@ -70,8 +68,8 @@ SD15_ROWS = ["one:512x512:adapter:off", "fsdp8:512x512:full:on", "data2fsdp4:512
 # compilers combine by their own byte thresholds); on the micro networks turning it off moved the temporaries
 # of fsdp=8 by 0.2 %. A one-device step has no all-reduce: no change there.
 NO_COMBINER = "cpu-all-reduce-combiner,all-reduce-combiner"
-DENSE = [f"models.{n}.attention_backend=cudnn" for n in ("unet", "pose_controlnet", "face_controlnet")]  # off a GPU:
-# jax.nn.dot_product_attention's XLA implementation, one einsum for all queries
+# XLA:CPU's default scheduler orders for concurrency; GPU and TPU compilers schedule for memory, so the rows do too
+MEMORY_SCHEDULER = "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
 TINY_ROWS = ["full:off", "full:on", "adapter:off"]
 
 
@@ -205,7 +203,11 @@ def sd15_setup(row: str, args):
     h, w = map(int, size.split("x"))
     run = run_config(args.sd15_models, row_overrides(stage, remat, MESHES[mesh_name], 1, [
         "train.frames=16", f"train.height={h}", f"train.width={w}", f"train.compute_dtype={args.dtype}",
-        "data.encoded=[vae_moments,clip_hidden]", *DENSE, *args.sd15_override]))
+        "data.encoded=[vae_moments,clip_hidden]", *args.sd15_override]))
+    # compile the GPU/TPU branch of attention() (lax.platform_dependent's default: one einsum, or query chunks)
+    # on this CPU: the CPU branch loops over tiles whose loop axis holds the batch, and XLA gathers the whole batch
+    # onto every device for it (tiny networks at 256x256: fsdp=8 needed 5.7x the one-device temporaries)
+    attention._tiled = attention._dense
     mesh = make_mesh(run.mesh, loop.mesh_devices(run.mesh))
     shapes = xdyna.param_shapes(run.models)
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
@@ -240,7 +242,8 @@ def compile_in_child(row: str, args, on_start=lambda: None) -> tuple[dict, float
     fixed before it. A child also keeps each compile's host memory out of this process."""
     with tempfile.TemporaryDirectory(prefix="train_bench_") as d:
         env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={d} "  # + device count
-                   f"--xla_dump_hlo_module_re=.*train_step.* --xla_disable_hlo_passes={NO_COMBINER}")
+                   f"--xla_dump_hlo_module_re=.*train_step.* --xla_disable_hlo_passes={NO_COMBINER} "
+                   f"--xla_cpu_scheduler_type={MEMORY_SCHEDULER}")
         cmd = [sys.executable, __file__, "--child-row", row, "--dtype", args.dtype, "--sd15-models", args.sd15_models,
                "--sd15-override", *args.sd15_override]
         t0, wall0 = time.perf_counter(), time.time()
@@ -278,7 +281,8 @@ def sd15_row(row: str, args) -> dict:
 
 def sd15(args, start: float) -> list[dict]:
     print(f"\n## sd15: configs/{args.sd15_models} networks, 16+1 frames, per-device batch 1, {args.dtype} compute, "
-          f"float32 params and Adam moments, pre-encoded batch, dense attention; compiled only, memory per device "
+          f"float32 params and Adam moments, pre-encoded batch, GPU/TPU attention path; compiled only, memory per "
+          f"device "
           f"{' '.join(args.sd15_override)}")
     chips = " | ".join(f"fits {c}" for c in CHIPS)
     print(f"| mesh | devices × batch | image | stage | remat | s to assignment | state GiB | temp GiB | peak GiB | "
