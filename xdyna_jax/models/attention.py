@@ -6,7 +6,8 @@ computed. Backends (a config field, never inferred from strings elsewhere):
                cache-sized tiles (``_tiled``); on GPU and TPU it is one einsum (``_dense``).
   ``cudnn`` -- ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPU, XLA elsewhere).
 ``query_chunk > 0`` makes the ``xla`` path attend at most ``query_chunk`` queries at a time, so the
-logits never exist for all queries at once: the memory knob for TPU at full size. (The CPU tiles
+logits never exist for all queries at once, in the backward pass too (each chunk is recomputed there): the
+memory knob for GPU and TPU at full size. (The CPU tiles
 are bounded anyway; there it only caps their query count.)
 Heads split the channel axis with heads as the outer factor, as torch's ``head_to_batch_dim``.
 """
@@ -71,7 +72,9 @@ def _dense(qh, kh, vh, *, scale, query_chunk=0, causal=False):
     qp = jnp.pad(qh, ((0, 0), (0, n * query_chunk - lq), (0, 0), (0, 0)))
     qp = jnp.moveaxis(qp.reshape((qh.shape[0], n, query_chunk, heads, d)), 1, 0)
     starts = jnp.arange(n) * query_chunk
-    out = jax.lax.map(lambda a: attend(*a), (qp, starts))
+    # rematerialised per chunk: under a gradient the loop would otherwise keep every chunk's probabilities
+    # for the backward pass, i.e. all the logits the chunks exist to avoid (the training memory knob)
+    out = jax.lax.map(jax.checkpoint(lambda a: attend(*a)), (qp, starts))
     return jnp.moveaxis(out, 0, 1).reshape((qh.shape[0], -1, heads, d))[:, :lq]
 
 
