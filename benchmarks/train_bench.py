@@ -23,6 +23,8 @@ included. Memory: per device, arguments + outputs + temporaries - aliased (donat
 Ratios are against the first row of each table, measured in the same run. Example:
   python benchmarks/train_bench.py                       # the recorded run (benchmarks/RESULTS.md)
   python benchmarks/train_bench.py --sections sd15 --sd15 one:512x512:adapter:on fsdp8:896x512:full:on
+  python benchmarks/train_bench.py --sections sd15 --sd15-override models.unet.attention_query_chunk=1024 \
+      models.pose_controlnet.attention_query_chunk=1024 models.face_controlnet.attention_query_chunk=1024
 """
 from __future__ import annotations
 
