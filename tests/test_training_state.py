@@ -120,3 +120,55 @@ def test_config_differences_ignore_resumable_keys():
     b = train_config.load(CONFIGS / "train_tiny.yaml", ["train.steps=999", "mesh.data=1", "train.learning_rate=1"])
     diff = train_config.config_differences(train_config.config_lib.to_dict(a), b)
     assert len(diff) == 1 and diff[0].startswith("train.learning_rate")
+
+
+def test_he_init_rescales_kernels_to_he_std():
+    """train.he_init: kernels of the named networks reach He's std sqrt(2 / fan_in) (an independent formula),
+    exactly sqrt(6) x the models' own init; biases, norms and other networks untouched; wired into
+    loop.initial_params."""
+    cfg = tiny_models_config()
+    plain = jax.tree.map(np.asarray, xdyna.init_params(cfg, jax.random.key(0), parts=["vae", "resampler"]))
+    plain["unet"] = {"zero_conv": {"kernel": np.zeros((3, 3, 4, 4), np.float32)}}
+    scaled = st.he_scale(plain, ("vae", "unet"))
+    k = np.asarray(scaled["vae"]["decoder"]["up_blocks_0"]["resnets_0"]["conv1"]["kernel"])  # (3, 3, c, c)
+    fan_in = k.shape[0] * k.shape[1] * k.shape[2]
+    assert abs(k.std() / np.sqrt(2.0 / fan_in) - 1) < 0.05
+    for path, v in flatten_dict(scaled["vae"], sep="/").items():
+        want = flatten_dict(plain["vae"], sep="/")[path] * (np.sqrt(6.0) if path.endswith("kernel") else 1.0)
+        np.testing.assert_allclose(np.asarray(v), want, rtol=1e-6, err_msg=path)
+    assert not np.any(np.asarray(scaled["unet"]["zero_conv"]["kernel"]))
+    jax.tree.map(np.testing.assert_array_equal, scaled["resampler"], plain["resampler"])
+
+    run = train_config.load(CONFIGS / "train_tiny.yaml", ["train.init=model", "train.he_init=[vae]"])
+    from xdyna_jax.training import loop
+    orig = xdyna.init_params
+    try:
+        xdyna.init_params = lambda *a, **kw: {"vae": {"conv": {"kernel": np.ones(3), "bias": np.ones(3)}}}
+        got = loop.initial_params(run, None)
+    finally:
+        xdyna.init_params = orig
+    np.testing.assert_allclose(got["vae"]["conv"]["kernel"], np.sqrt(6.0))
+    np.testing.assert_allclose(got["vae"]["conv"]["bias"], 1.0)
+
+
+@pytest.mark.parametrize("overrides, expect", [
+    (["train.he_init=[vea]"], "vea"), (["train.he_init=[vae]", "train.init=random"], "train.init=model")])
+def test_he_init_errors(overrides, expect):
+    with pytest.raises(UserError, match=expect):
+        train_config.load(CONFIGS / "train_tiny.yaml", overrides)
+
+
+def test_vae_logvar_init_sets_the_posterior_bias():
+    """train.vae_logvar_init: the encoder's posterior log-variance starts at the value (checked through encode)."""
+    cfg = tiny_models_config()
+    params = jax.tree.map(np.asarray, xdyna.init_params(cfg, jax.random.key(0), parts=["vae"]))
+    params["vae"]["quant_conv"]["kernel"] = np.zeros_like(params["vae"]["quant_conv"]["kernel"])  # bias only
+    got = st.with_vae_logvar_bias(params, -6.0)
+    from xdyna_jax.models.vae import AutoencoderKL
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 32, 32, 3)).astype(np.float32)
+    mean, logvar = AutoencoderKL(cfg.vae).apply({"params": got["vae"]}, x, method="encode")
+    np.testing.assert_allclose(np.asarray(logvar), -6.0, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(mean), np.broadcast_to(params["vae"]["quant_conv"]["bias"][:4], mean.shape),
+                               atol=1e-6)
+    with pytest.raises(UserError, match="train.init=model"):
+        train_config.load(CONFIGS / "train_tiny.yaml", ["train.vae_logvar_init=-6", "train.init=random"])

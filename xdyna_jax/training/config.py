@@ -39,6 +39,13 @@ class TrainConfig:
     max_to_keep: int = 3
     log_every: int = 1
     init: str = "model"                   # the models' own initialisers, "random" (seeded normal), or a bundle folder
+    # networks (params parts, e.g. [vae]) whose weight kernels start at He scale instead of torch's default
+    # (training from nothing, init=model only; state.he_scale says why)
+    he_init: tuple[str, ...] = ()
+    # stage vae from nothing: the posterior log-variance's starting bias (quant_conv's second half); null keeps
+    # the init's 0. Adam moves a bias by about the learning rate per step, so from 0 the posterior noise stays
+    # large for thousands of steps (the tiny world's first VAE ended at -1.5: noise std 0.47 on latents of std 1.1)
+    vae_logvar_init: Optional[float] = None
     debug_nan_step: int = -1              # test hook: poison the batch of this step with NaN
 
 
@@ -99,6 +106,18 @@ def check(cfg: TrainRunConfig) -> None:
             raise UserError(f"train.{k}={getattr(t, k)}: expected a number in [0, 1]")
     if not 0 <= cfg.data.scene_ratio <= 1:
         raise UserError(f"data.scene_ratio={cfg.data.scene_ratio}: expected a number in [0, 1]")
+    if t.he_init:
+        from xdyna_jax.models.xdyna import PARTS
+
+        bad = [p for p in t.he_init if p not in PARTS]
+        if bad:
+            raise UserError(f"train.he_init={list(t.he_init)}: unknown network(s) {bad}; expected some of {list(PARTS)}")
+        if t.init != "model":
+            raise UserError(f"train.he_init={list(t.he_init)} rescales the models' own initialisers; it needs "
+                            f"train.init=model, got train.init={t.init}")
+    if t.vae_logvar_init is not None and t.init != "model":
+        raise UserError(f"train.vae_logvar_init={t.vae_logvar_init} sets the models' own VAE init; it needs "
+                        f"train.init=model, got train.init={t.init}")
     if cfg.data.source == "dataset" and not cfg.data.data_dir:
         raise UserError("data.source=dataset needs data.data_dir (a folder written by python -m xdyna_jax.data build)")
 

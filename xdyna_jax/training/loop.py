@@ -159,7 +159,14 @@ def initial_params(run: TrainRunConfig, mesh):
     from xdyna_jax.models import xdyna
 
     if run.train.init == "model":
-        return xdyna.init_params(run.models, jax.random.key(run.train.seed), mesh)
+        from .state import he_scale, with_vae_logvar_bias
+
+        params = xdyna.init_params(run.models, jax.random.key(run.train.seed), mesh)
+        if run.train.he_init:
+            params = he_scale(params, run.train.he_init)
+        if run.train.vae_logvar_init is not None:
+            params = with_vae_logvar_bias(params, run.train.vae_logvar_init)
+        return params
     if run.train.init == "random":  # seeded normal(0, 0.05) from numpy: no init program to compile (tests, benchmarks)
         rng = np.random.default_rng(run.train.seed)
         shapes = xdyna.param_shapes(run.models)

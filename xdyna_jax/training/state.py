@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax.traverse_util import flatten_dict, unflatten_dict
 
@@ -75,6 +76,32 @@ def adapter_init(params):
 
 
 # --- optimizer ----------------------------------------------------------------------------------------
+
+HE_GAIN = 6 ** 0.5
+
+
+def he_scale(params, parts):
+    """Every weight kernel of the networks ``parts`` times sqrt(6): torch's default U(+-1/sqrt(fan_in))
+    (std 1/sqrt(3 fan_in), what the models' initialisers reproduce for porting) becomes He's std
+    sqrt(2/fan_in). With torch's scale each conv shrinks a signal by about sqrt(3), and an SD-style VAE
+    trained from nothing sat on a grey, blurred plateau (diffusers' own module too); at He scale the same
+    VAE keeps colours within 200 steps (docs/TINY_WORLD.md). Zero-initialised kernels (zero convs, the
+    motion modules' ``proj_out``) stay zero; biases, norms and embeddings are untouched."""
+    def scale(path, x):
+        name = jax.tree_util.keystr(path)
+        return x * HE_GAIN if name.endswith("['kernel']") else x
+
+    return {k: jax.tree_util.tree_map_with_path(scale, v) if k in parts else v for k, v in params.items()}
+
+
+def with_vae_logvar_bias(params, value: float):
+    """The VAE's ``quant_conv`` bias with its log-variance half (the second half of its outputs) set to ``value``."""
+    qc = params["vae"]["quant_conv"]
+    bias = qc["bias"]
+    logvar_half = np.arange(bias.shape[0]) >= bias.shape[0] // 2
+    new = jnp.where(logvar_half, jnp.asarray(value, bias.dtype), bias)
+    return {**params, "vae": {**params["vae"], "quant_conv": {**qc, "bias": new}}}
+
 
 def learning_rate(t):
     """The schedule of ``TrainConfig`` t: linear warmup, then constant or cosine."""
