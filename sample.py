@@ -1,6 +1,7 @@
 """Animate reference images with driving motion: X-Dyna sampling from the command line.
 
-  python sample.py                                   # the embedded default (tiny networks, random weights)
+  python sample.py                                   # the embedded default: the tiny world's trained weights
+  python sample.py --random-weights                  # the tiny networks' seeded random weights
   python sample.py --reference IMG --pose SKELETON.mp4 [--out DIR] [--config FILE] [key=value ...]
   python sample.py --reference IMG --driving VIDEO [--align]   # extract, (align,) render the skeleton
   python sample.py --jobs examples/example.json --weights BUNDLE_DIR [--grid]
@@ -18,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 CONFIGS = ROOT / "configs"
 EXAMPLES = ROOT.parent / "shared" / "data" / "xdyna_examples"
+TINY_WORLD = ROOT / "weights" / "tiny_world"  # make tiny-world; docs/TINY_WORLD.md
 
 
 def build_parser():
@@ -28,9 +30,13 @@ def build_parser():
     p.add_argument("--pose", help="rendered no-head skeleton video (the official input)")
     p.add_argument("--driving", help="raw driving video: poses are extracted and rendered (needs the data extra)")
     p.add_argument("--jobs", help="JSON or YAML list of jobs, as the official examples/example.json")
-    p.add_argument("--weights", help="bundle folder (python -m xdyna_jax.porting bundle); default: random weights")
-    p.add_argument("--config", help="sample config YAML (default configs/sample_tiny.yaml, or "
-                                    "configs/sample_sd15.yaml with --weights)")
+    p.add_argument("--weights", help="bundle folder (python -m xdyna_jax.porting bundle); default: the tiny "
+                                     "world's trained weights (weights/tiny_world)")
+    p.add_argument("--random-weights", action="store_true",
+                   help="seeded random weights of the tiny networks (draw no picture; for checking the pipeline)")
+    p.add_argument("--config", help="sample config YAML (default configs/sample_tiny_world.yaml; "
+                                    "configs/sample_sd15.yaml with --weights, configs/sample_tiny.yaml with "
+                                    "--random-weights)")
     p.add_argument("--out", default="outputs", help="output folder (default outputs/)")
     p.add_argument("--grid", action="store_true", help="also write {name}_grid.mp4: reference | conditions | result")
     p.add_argument("--align", action="store_true",
@@ -55,6 +61,8 @@ def main(argv=None) -> int:
         raise cli.UserError("--reference needs --pose (a skeleton video) or --driving (a raw video)")
     if (args.pose or args.driving) and not args.reference:
         raise cli.UserError("--pose/--driving need --reference (the image to animate)")
+    if args.weights and args.random_weights:
+        raise cli.UserError("give either --weights or --random-weights, not both")
     if args.align and not args.driving:
         raise cli.UserError("--align goes with --driving (a rendered --pose skeleton is used as it is)")
 
@@ -69,35 +77,61 @@ def main(argv=None) -> int:
                       os.environ.get("XDYNA_JAX_CACHE", os.path.expanduser("~/.cache/xdyna_jax/jit")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
-    config = args.config or CONFIGS / ("sample_sd15.yaml" if args.weights else "sample_tiny.yaml")
+    world = not (args.weights or args.random_weights)
+    if world and not (TINY_WORLD / "config.yaml").is_file():
+        raise cli.UserError(f"{TINY_WORLD}: the tiny world's weights are missing (config.yaml expected; they "
+                            f"ship with the repository, or `make tiny-world` trains them); pass --random-weights "
+                            f"or --weights BUNDLE")
+    config = args.config or CONFIGS / ("sample_sd15.yaml" if args.weights else
+                                       "sample_tiny.yaml" if args.random_weights else "sample_tiny_world.yaml")
     model_overrides = [o[len("models."):] for o in args.overrides if o.startswith("models.")]
     cfg = run.load_run_config(config, args.overrides)
     run.check_config(cfg)
     out = cli.check_output_path(args.out, kind="dir", option="--out")
 
+    inputs = None
     if args.jobs:
         jobs = jobs_lib.load_jobs(args.jobs)
     elif args.reference:
         jobs = [jobs_lib.make_job(args.reference, pose=args.pose, driving=args.driving)]
+    elif world:
+        from xdyna_jax.sampling.default import default_jobs
+
+        where = EXAMPLES if EXAMPLES.is_dir() else None
+        jobs, inputs = default_jobs(where, cfg.sample.frames, cfg.sample.stride, cfg.sample.height, cfg.sample.width)
     else:
         where = EXAMPLES if EXAMPLES.is_dir() else None
         jobs = run.default_inputs(where, out / "default_inputs", cfg.sample.height, cfg.sample.width,
                                   cfg.sample.frames * cfg.sample.stride)
         print(f"embedded default: {jobs[0].reference.name} + {jobs[0].pose.name}"
               + ("" if where else " (generated; ../shared/data/xdyna_examples/ is absent)"))
-    jobs_lib.check_files(jobs)  # missing or empty inputs fail before any weights are loaded
+    if inputs is None:
+        jobs_lib.check_files(jobs)  # missing or empty inputs fail before any weights are loaded
     mesh = make_mesh(cfg.mesh)
     if args.weights:
         params, models, tokenizer = run.weights_from_bundle(args.weights, cfg, model_overrides, mesh)
         import dataclasses
 
         cfg = dataclasses.replace(cfg, models=models)
+    elif world:
+        from xdyna_jax.training.recipe import load_weights
+
+        params, models = load_weights(TINY_WORLD)
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, models=models)
+        params, tokenizer = run.place(params, cfg, mesh), None
+        print(f"the tiny world's trained weights ({TINY_WORLD}; docs/TINY_WORLD.md)")
     else:
         print(f"random weights (seed {args.weights_seed}) of the {Path(config).name} networks: they draw no "
               f"meaningful picture; pass --weights BUNDLE for a trained model")
         params, tokenizer = run.random_weights(cfg, args.weights_seed, mesh), None
-    written = run.run_jobs(cfg, params, jobs, out, tokenizer=tokenizer, grid=args.grid, align=args.align,
-                           mesh=mesh, progress=not args.no_progress)
+    if inputs is not None:
+        written = run.write_videos(cfg, params, jobs, inputs, out, grid=True, mesh=mesh,
+                                   progress=not args.no_progress)
+    else:
+        written = run.run_jobs(cfg, params, jobs, out, tokenizer=tokenizer, grid=args.grid, align=args.align,
+                               mesh=mesh, progress=not args.no_progress)
     print(f"wrote {len(written)} video(s) to {out}")
     return 0
 

@@ -107,6 +107,8 @@ ROWS = [
     Case("jobs-unknown-key", ["--jobs", "{jobs_bad.json}", "--out", "{out}", *W, *SMALL], "wrong-format",
          "unknown key(s) ['pose_video']"),
     Case("config-missing", ["--config", "{nope.yaml}", "--out", "{out}"], "missing", "cannot read"),
+    Case("weights-and-random-weights", ["--weights", "{afile}", "--random-weights", "--out", "{out}"], "usage",
+         "not both"),
 ]
 
 
@@ -170,3 +172,18 @@ def test_embedded_default_without_examples_generates_its_inputs(tmp_path):
     x = jobs.read_job(job, frames=16, stride=2, height=128, width=64, face=False)
     assert x.pose.shape == (8, 128, 64, 3) and x.reference.shape == (128, 64, 3)
     assert x.pose.any() and -1 <= x.reference.min() < x.reference.max() <= 1  # a drawn figure, not blank
+
+
+def test_embedded_default_animates_a_held_out_clip_with_the_trained_weights(examples_dir, tmp_path, capsys):
+    """No arguments (here fewer frames and steps): the tiny world's committed weights on a held-out clip with its
+    own skeleton and face condition, and on the real example (out of domain, no face condition)."""
+    out = tmp_path / "out"
+    code = run(["--out", str(out), "--no-progress", "sample.frames=4", "sample.steps=2"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "tiny world's trained weights" in printed.out and "out of the tiny world's domain" in printed.out
+    assert _read(out / "world_test_000.mp4").shape == (4, 128, 128, 3)
+    # reference | ground truth | face global | face local | skeleton | result
+    assert _read(out / "world_test_000_grid.mp4").shape == (4, 128, 6 * 128, 3)
+    # reference | skeleton | result: the all-black face condition has no panels
+    assert _read(out / "example_1_out_of_domain_grid.mp4").shape == (4, 128, 3 * 128, 3)

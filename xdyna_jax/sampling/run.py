@@ -112,7 +112,7 @@ def grid_frames(x: JobInputs, result: np.ndarray) -> np.ndarray:
     """Side by side: reference | (driving | face global | face local |) skeleton | result."""
     n = len(result)
     panels = [np.repeat(x.reference_rgb[None], n, 0)]
-    if x.face is not None:
+    if x.face is not None and x.face.any():  # an all-black condition is "no face": no panels for it
         if x.driving is not None:
             panels.append(x.driving[:n])
         panels += [x.face[:n, ..., 3:], x.face[:n, ..., :3]]
@@ -143,8 +143,6 @@ def _write(path: Path, frames: np.ndarray, fps: float) -> None:
 def run_jobs(cfg: SampleRunConfig, params, jobs: list[Job], out: Path, *, tokenizer=None, grid: bool = False,
              align: bool = False, mesh=None, log=print, progress: bool = True) -> list[Path]:
     """Sample every job; returns the mp4 paths. Jobs are read and checked before any compute."""
-    from tqdm import tqdm
-
     s = cfg.sample
     use_face = "face_controlnet" in params and cfg.models.face_controlnet is not None
     inputs = []
@@ -154,19 +152,51 @@ def run_jobs(cfg: SampleRunConfig, params, jobs: list[Job], out: Path, *, tokeni
         for note in x.notes:
             log(f"{job.name}: {note}")
         inputs.append(x)
+    return write_videos(cfg, params, jobs, inputs, out, tokenizer=tokenizer, grid=grid, mesh=mesh, progress=progress)
+
+
+def write_videos(cfg: SampleRunConfig, params, jobs: list[Job], inputs: list[JobInputs], out: Path, *,
+                 tokenizer=None, grid: bool = False, mesh=None, progress: bool = True) -> list[Path]:
+    """Sample prepared inputs (``read_job``'s, or arrays made elsewhere) and write ``{job.name}.mp4`` each
+    (and ``{job.name}_grid.mp4`` with ``grid``); returns the mp4 paths."""
+    from tqdm import tqdm
+
+    written = []
+    bar = tqdm(total=len(jobs), desc="jobs", unit="job", disable=not progress)
+    for batch, videos, seconds in sample_inputs(cfg, params, jobs, inputs, tokenizer=tokenizer, mesh=mesh,
+                                                progress=progress):
+        for k, i in enumerate(batch):
+            path = out / f"{jobs[i].name}.mp4"
+            _write(path, videos[k], cfg.fps)
+            if grid:
+                _write(out / f"{jobs[i].name}_grid.mp4", grid_frames(inputs[i], videos[k]), cfg.fps)
+            written.append(path)
+            bar.write(f"{jobs[i].name}: {videos[k].shape[0]} frames {cfg.sample.height}x{cfg.sample.width}, "
+                      f"{seconds / len(batch):.1f} s, {path}")
+            bar.update(1)
+    bar.close()
+    return written
+
+
+def sample_inputs(cfg: SampleRunConfig, params, jobs: list[Job], inputs: list[JobInputs], *, tokenizer=None,
+                  mesh=None, progress: bool = False):
+    """Yields ``(job indices, videos (n, N, H, W, 3) uint8, seconds)`` batch by batch. A batch holds jobs of one
+    frame count and condition set (one compiled shape), padded to ``sample.batch_size`` (rounded up to whole
+    jobs per data shard); a job's draws depend only on its seed ``sample.seed + index``."""
+    from tqdm import tqdm
+
+    s = cfg.sample
     data = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in ("data", "fsdp")]))
     per_batch = -(-s.batch_size // data) * data  # whole jobs per data shard
     order = sorted(range(len(jobs)), key=lambda i: (len(inputs[i].pose), inputs[i].face is None))
     batches, cur = [], []
-    for i in order:  # one batch = jobs of one frame count and condition set (one compiled shape)
+    for i in order:
         if cur and (len(cur) == per_batch or len(inputs[i].pose) != len(inputs[cur[0]].pose)
                     or (inputs[i].face is None) != (inputs[cur[0]].face is None)):
             batches.append(cur)
             cur = []
         cur.append(i)
     batches.append(cur)
-    written = []
-    bar = tqdm(total=len(jobs), desc="jobs", unit="job", disable=not progress)
     for batch in batches:
         t0 = time.perf_counter()
         idx = batch + [batch[-1]] * (per_batch - len(batch))  # pad to the compiled batch size
@@ -182,18 +212,15 @@ def run_jobs(cfg: SampleRunConfig, params, jobs: list[Job], out: Path, *, tokeni
             _STEPS.bar.close()
             _STEPS.bar = None
         videos = np.asarray(_decode(params["vae"], latents, cfg=cfg.models.vae, round=s.round))
-        seconds = time.perf_counter() - t0
-        for k, i in enumerate(batch):
-            path = out / f"{jobs[i].name}.mp4"
-            _write(path, videos[k], cfg.fps)
-            if grid:
-                _write(out / f"{jobs[i].name}_grid.mp4", grid_frames(inputs[i], videos[k]), cfg.fps)
-            written.append(path)
-            bar.write(f"{jobs[i].name}: {videos[k].shape[0]} frames {s.height}x{s.width}, "
-                      f"{seconds / len(batch):.1f} s, {path}")
-            bar.update(1)
-    bar.close()
-    return written
+        yield batch, videos, time.perf_counter() - t0
+
+
+def place(params, cfg: SampleRunConfig, mesh=None) -> dict:
+    """Host params (``{part: tree}``) on ``mesh`` with the models' shardings (replicated without a mesh)."""
+    if mesh is None:
+        return jax.tree.map(jnp.asarray, params)
+    shardings = xdyna.param_shardings(cfg.models, mesh)
+    return {k: jax.tree.map(jax.device_put, v, shardings[k]) for k, v in params.items()}
 
 
 def random_weights(cfg: SampleRunConfig, seed: int = 0, mesh=None) -> dict:
