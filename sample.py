@@ -79,9 +79,9 @@ def main(argv=None) -> int:
 
     world = not (args.weights or args.random_weights)
     if world and not (TINY_WORLD / "config.yaml").is_file():
-        raise cli.UserError(f"{TINY_WORLD}: the tiny world's weights are missing (config.yaml expected; they "
-                            f"ship with the repository, or `make tiny-world` trains them); pass --random-weights "
-                            f"or --weights BUNDLE")
+        # not shipped yet: the trained tiny world does not beat its static baseline (docs/TINY_WORLD.md)
+        print(f"{TINY_WORLD} is absent (`make tiny-world` trains it; docs/TINY_WORLD.md): using random weights")
+        world, args.random_weights = False, True
     config = args.config or CONFIGS / ("sample_sd15.yaml" if args.weights else
                                        "sample_tiny.yaml" if args.random_weights else "sample_tiny_world.yaml")
     model_overrides = [o[len("models."):] for o in args.overrides if o.startswith("models.")]

@@ -177,6 +177,9 @@ def test_embedded_default_without_examples_generates_its_inputs(tmp_path):
 def test_embedded_default_animates_a_held_out_clip_with_the_trained_weights(examples_dir, tmp_path, capsys):
     """No arguments (here fewer frames and steps): the tiny world's committed weights on a held-out clip with its
     own skeleton and face condition, and on the real example (out of domain, no face condition)."""
+    if not (sample.TINY_WORLD / "config.yaml").is_file():
+        pytest.skip(f"{sample.TINY_WORLD} is not in the repository yet (docs/TINY_WORLD.md: not shipped until it "
+                    f"beats the static baseline)")
     out = tmp_path / "out"
     code = run(["--out", str(out), "--no-progress", "sample.frames=4", "sample.steps=2"])
     printed = capsys.readouterr()
