@@ -58,3 +58,12 @@ def test_committed_weights_beat_the_static_baseline_on_held_out_clips(world_mode
     trained, static = np.array(r["trained"]["per_clip"]["lpips"]), np.array(r["static"]["per_clip"]["lpips"])
     assert trained.mean() < static.mean(), (trained, static)
     assert r["trained"]["videos"][0].shape == (8, 128, 128, 3)
+
+
+def test_world_eval_cli_rejects_a_folder_without_weights(tmp_path, capsys):
+    from xdyna_jax import cli
+    from xdyna_jax.eval.world import main
+
+    assert cli.run(main, ["--weights", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "not an exported tiny-world folder" in err and not (tmp_path / "o").exists()

@@ -13,7 +13,6 @@ world knows where its figure is, a person segmenter trained on photos does not).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -186,7 +185,7 @@ def main(argv=None) -> int:
     from xdyna_jax.training.recipe import load_weights
 
     root = Path(__file__).resolve().parents[2]
-    p = argparse.ArgumentParser(prog="python -m xdyna_jax.eval.world", description=__doc__.splitlines()[0])
+    p = cli.ArgumentParser(prog="python -m xdyna_jax.eval.world", description=__doc__.splitlines()[0])
     p.add_argument("--weights", default=str(root / "weights" / "tiny_world"), help="exported tiny-world weights")
     p.add_argument("--config", default=str(root / "configs" / "sample_tiny_world.yaml"))
     p.add_argument("--clips", type=cli.int_range(1), default=8, help="held-out clips")
@@ -194,8 +193,12 @@ def main(argv=None) -> int:
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="sample config overrides (sample.steps=10)")
     args = p.parse_args(argv)
+    if not (Path(args.weights) / "config.yaml").is_file():
+        raise cli.UserError(f"--weights {args.weights}: not an exported tiny-world folder (config.yaml expected; "
+                            f"`make tiny-world` writes one)")
     cfg = run.load_run_config(args.config, args.overrides)
     run.check_config(cfg)
+    out = cli.check_output_path(args.out, kind="dir", option="--out")
     params, models = load_weights(args.weights)
     import dataclasses
 
@@ -203,7 +206,6 @@ def main(argv=None) -> int:
     s = cfg.sample
     cases = [world_case(i, s.frames, s.height, s.width) for i in range(args.clips)]
     results = evaluate(cfg, params, cases, args.variants)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(results, args.clips, cfg)
     (out / "scores.md").write_text(table)
@@ -223,4 +225,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from xdyna_jax import cli
+
+    sys.exit(cli.run(main))
