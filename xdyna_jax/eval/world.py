@@ -4,7 +4,8 @@ Each test clip's reference is its first frame, its skeleton and S-Face condition
 is the ground truth. Four videos per clip: (a) ``trained`` weights, (b) ``random`` weights of the same
 networks, (c) ``static``: the reference frame repeated, (d) ``no_adapter``: the trained weights with the
 Dynamics-Adapter residual switched off (``to_out_ff`` zeroed, so every spatial self-attention's residual
-branch onto the reference adds nothing). Scores: PSNR, SSIM, LPIPS (AlexNet) per frame averaged over the
+branch onto the reference adds nothing). Scores: PSNR, SSIM, LPIPS (AlexNet, and VGG16
+as a second opinion: the recipe's VAE trains on AlexNet LPIPS) per frame averaged over the
 clips, FVD (I3D) over all clips' 16-frame windows, and the mean optical-flow magnitude of the background
 and the figure (``eval.flow``; the figure is the skeleton render dilated by ``FIGURE_PAD`` pixels: the
 world knows where its figure is, a person segmenter trained on photos does not).
@@ -77,13 +78,14 @@ def scores(videos: list[np.ndarray], truths: list[np.ndarray], poses: list[np.nd
     from .fvd import CLIP_FRAMES, clip_starts, feature_distance, i3d_features
     from .lpips import lpips_scores
 
-    per = {"psnr": [], "ssim": [], "lpips": [], "flow_bg": [], "flow_fg": []}
+    per = {"psnr": [], "ssim": [], "lpips": [], "lpips_vgg": [], "flow_bg": [], "flow_fg": []}
     feats_g, feats_t = [], []
     for v, t, p in zip(videos, truths, poses):
         f = frame_scores(v, t)
         per["psnr"].append(float(np.mean(f["psnr"])))
         per["ssim"].append(float(np.mean(f["ssim"])))
         per["lpips"].append(float(np.mean(lpips_scores(v, t)[0])))
+        per["lpips_vgg"].append(float(np.mean(lpips_scores(v, t, "vgg")[0])))  # not the VAE's training loss (alex)
         for k, x in flow(v, p).items():
             per[k].append(x)
         if len(v) >= CLIP_FRAMES:
@@ -144,13 +146,14 @@ def markdown(results: dict, n_clips: int, cfg) -> str:
             f"{s.frames} frames at {s.height}x{s.width}, {s.steps} DDIM steps, guidance {s.guidance_scale}, "
             f"seed {s.seed}. Ground truth: flow_bg {results['ground_truth']['flow_bg']:.3f}, "
             f"flow_fg {results['ground_truth']['flow_fg']:.3f} px/frame.", "",
-            "| model | PSNR ↑ | SSIM ↑ | LPIPS ↓ | FVD ↓ | flow_bg | flow_fg |", "|---|---:|---:|---:|---:|---:|---:|"]
+            "| model | PSNR ↑ | SSIM ↑ | LPIPS ↓ | LPIPS-VGG ↓ | FVD ↓ | flow_bg | flow_fg |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|"]
     names = {"trained": "(a) trained", "random": "(b) random weights", "static": "(c) static reference",
              "no_adapter": "(d) trained, Dynamics-Adapter off"}
     for k, label in names.items():
         if k in results:
             r = results[k]
-            rows.append(f"| {label} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['lpips']:.4f} | {r['fvd']:.1f} | "
+            rows.append(f"| {label} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['lpips']:.4f} | {r['lpips_vgg']:.4f} | {r['fvd']:.1f} | "
                         f"{r['flow_bg']:.3f} | {r['flow_fg']:.3f} |")
     return "\n".join(rows) + "\n"
 

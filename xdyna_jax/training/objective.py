@@ -72,16 +72,28 @@ def diffusion_inputs(params, batch, rng, *, cfg, image_dropout: float):
                 pose=batch["pose"], face=face, dropped=drop)
 
 
-def diffusion_loss(params, batch, rng, *, cfg, image_dropout: float = 0.0):
-    """Mean squared error of the predicted noise on frames 1..F (frame 0, the reference, has no loss)."""
+def diffusion_loss(params, batch, rng, *, cfg, image_dropout: float = 0.0, snr_gamma: float | None = None):
+    """Mean squared error of the predicted noise on frames 1..F (frame 0, the reference, has no loss).
+
+    ``snr_gamma``: Min-SNR-gamma weighting (Hang et al. 2023, for epsilon prediction): each sample's error
+    times ``min(SNR(t), gamma) / SNR(t)``, so the nearly clean timesteps, which dominate the plain loss,
+    stop crowding out the noisy ones where the layout is decided.
+    """
     d = diffusion_inputs(params, batch, rng, cfg=cfg, image_dropout=image_dropout)
     eps = xdyna.denoise(params, d["window"], d["t"], d["text"], d["tokens"], d["pose"], d["face"], cfg=cfg)
-    return jnp.mean(jnp.square(eps[:, 1:].astype(jnp.float32) - d["noise"]))
+    sq = jnp.square(eps[:, 1:].astype(jnp.float32) - d["noise"])
+    if snr_gamma is None:
+        return jnp.mean(sq)
+    a = alphas_cumprod()[d["t"]]
+    snr = a / (1.0 - a)
+    return jnp.mean(jnp.minimum(snr, snr_gamma) / snr * jnp.mean(sq, axis=tuple(range(1, sq.ndim))))
 
 
-def vae_loss(params, batch, rng, *, cfg, kl_weight: float):
+def vae_loss(params, batch, rng, *, cfg, kl_weight: float, perceptual_weight: float = 0.0,
+             perceptual_net: str = "vgg"):
     """Autoencoder objective: pixel MSE of the reconstruction of a posterior sample + kl_weight * KL(q || N(0, I))
-    (KL summed over latent elements, averaged over images)."""
+    (KL summed over latent elements, averaged over images) + perceptual_weight * LPIPS (``perceptual_net``
+    features, averaged over images; the networks are frozen constants of the step)."""
     x = batch["pixels"]
     x = x.reshape((-1,) + x.shape[2:])
     vae = AutoencoderKL(cfg.vae)
@@ -89,11 +101,19 @@ def vae_loss(params, batch, rng, *, cfg, kl_weight: float):
     z = latent_dist_sample(mean, logvar, rng)
     rec = vae.apply({"params": params["vae"]}, z, method="decode")
     kl = 0.5 * jnp.sum(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar, axis=(1, 2, 3))
-    return jnp.mean(jnp.square(rec - x)) + kl_weight * jnp.mean(kl)
+    total = jnp.mean(jnp.square(rec - x)) + kl_weight * jnp.mean(kl)
+    if perceptual_weight > 0:
+        from xdyna_jax.eval.lpips import load_lpips
+
+        m = load_lpips(perceptual_net)
+        dist = m["distance"](m["params"], m["lins"], rec, jax.lax.stop_gradient(x))[0]
+        total = total + perceptual_weight * jnp.mean(dist)
+    return total
 
 
 def loss(params, batch, rng, *, cfg, train):
     """The objective of ``train.stage`` (a scalar)."""
     if train.stage == "vae":
-        return vae_loss(params, batch, rng, cfg=cfg, kl_weight=train.kl_weight)
-    return diffusion_loss(params, batch, rng, cfg=cfg, image_dropout=train.image_dropout)
+        return vae_loss(params, batch, rng, cfg=cfg, kl_weight=train.kl_weight,
+                        perceptual_weight=train.perceptual_weight, perceptual_net=train.perceptual_net)
+    return diffusion_loss(params, batch, rng, cfg=cfg, image_dropout=train.image_dropout, snr_gamma=train.snr_gamma)
