@@ -90,6 +90,8 @@ ROWS = [
                               "sample.width=32"], "out-of-range", "at least 40 pixels"),
     Case("steps-zero", ["--reference", "{ref.png}", "--pose", "{pose.mp4}", "--out", "{out}", *W, *SMALL,
                         "sample.steps=0"], "out-of-range", "sample.steps=0"),
+    Case("strength-keeps-no-step", ["--reference", "{ref.png}", "--pose", "{pose.mp4}", "--out", "{out}", *W,
+                                    *SMALL, "sample.strength=0.4"], "out-of-range", "sample.strength=0.4"),
     Case("weights-do-not-fit", ["--reference", "{ref.png}", "--pose", "{pose.mp4}", "--out", "{out}", *W, *SMALL,
                                 "models.text_encoder.intermediate_size=64"],
          "wrong-shape", "the config expects (48, 64), the bundle holds (48, 96)"),

@@ -67,3 +67,31 @@ def test_bad_step_counts_raise():
         make_schedule(0)
     with pytest.raises(ValueError, match="beta_schedule"):
         make_schedule(25, beta_schedule="cosine")
+
+
+@pytest.mark.parametrize("steps,strength,kept", [(25, 1.0, 25), (25, 0.6, 15), (25, 0.7, 17), (10, 0.05, None)])
+def test_strength_keeps_the_official_tail_of_timesteps(steps, strength, kept):
+    """The official ``get_timesteps``: keep ``int(steps * strength)`` steps, the last ones of the full list."""
+    if kept is None:
+        with pytest.raises(ValueError, match="strength"):
+            make_schedule(steps, strength=strength)
+        return
+    ref = _diffusers(steps)
+    ours = make_schedule(steps, strength=strength)
+    want = ref.timesteps.numpy()[steps - kept:]
+    np.testing.assert_array_equal(np.asarray(ours.timesteps), want)
+    np.testing.assert_array_equal(np.asarray(ours.prev_timesteps), want - 1000 // steps)
+    if (steps, strength) == (25, 0.6):  # by hand: 561, 521, ..., 1
+        assert np.asarray(ours.timesteps).tolist() == list(range(561, 0, -40))
+    # every kept step is the full schedule's step at the same timestep
+    full = make_schedule(steps)
+    rng = np.random.default_rng(1)
+    x, eps = rng.standard_normal((2, 2, 3, 3)).astype(np.float32)
+    np.testing.assert_array_equal(np.asarray(ddim_step(ours, 0, x, eps)),
+                                  np.asarray(ddim_step(full, steps - kept, x, eps)))
+
+
+def test_strength_out_of_range_raises():
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="strength"):
+            make_schedule(25, strength=bad)

@@ -132,12 +132,13 @@ def official_windows(n, offset):
 
 
 def reference_sample(params, models, ref_latent, text_states, uncond_text_states, image_tokens,
-                     uncond_image_tokens, pose, face, draws, steps, scale):
+                     uncond_image_tokens, pose, face, draws, steps, scale, strength=1.0):
     denoise = jax.jit(functools.partial(xdyna.denoise, cfg=models))
     betas = np.linspace(0.00085, 0.012, 1000)
     ac = np.cumprod(1.0 - betas)
     ratio = 1000 // steps
     timesteps = np.arange(steps)[::-1] * ratio + 1
+    timesteps = timesteps[steps - min(int(steps * strength), steps):]  # the official get_timesteps
     out = []
     for b in range(ref_latent.shape[0]):
         ref = ref_latent[b].astype(np.float64)
@@ -203,6 +204,20 @@ def test_sampler_matches_official_loop(params, models, inputs, draws, ours):
     assert err <= TOL, f"max abs error {err:.3g} (latents up to {np.abs(want).max():.3g})"
     # nothing collapsed: the two jobs (other inputs, other offsets) end far apart
     assert np.abs(ours[0] - ours[1]).max() > 1e-2
+
+
+def test_strength_runs_the_official_tail_from_a_less_noised_reference(params, models, inputs, draws):
+    kept = STEPS - 1  # strength (STEPS - 1) / STEPS keeps all but the first (noisiest) step
+    short = Draws(draws.mask, draws.noise, draws.offsets[:, :kept])
+    cfg = _cfg(strength=(kept + 0.5) / STEPS)
+    assert cfg.denoising_steps == kept
+    got = np.asarray(sample_latents(params, **inputs, draws=short, models=models, config=cfg))
+    want = reference_sample(params, models, uncond_text_states=inputs["text_states"], draws=short,
+                            steps=STEPS, scale=7.5, strength=cfg.strength, **inputs)
+    err = np.abs(got - want).max()
+    assert err <= TOL, f"max abs error {err:.3g}"
+    with pytest.raises(ValueError, match="draws.offsets"):  # offsets of every step, not of the kept ones
+        sample_latents(params, **inputs, draws=draws, models=models, config=cfg)
 
 
 def test_sampler_with_different_uncond_text_matches_official_loop(params, models, inputs, draws):

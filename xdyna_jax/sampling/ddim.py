@@ -33,10 +33,22 @@ class DDIMSchedule(NamedTuple):
     final_alpha_cumprod: jax.Array
 
 
-def make_schedule(steps: int = 25, *, num_train_timesteps: int = 1000, beta_start: float = 0.00085,
+def kept_steps(steps: int, strength: float) -> int:
+    """How many of ``steps`` timesteps a ``strength`` keeps (the official ``get_timesteps``): the last
+    ``int(steps * strength)``, so the sampler starts from the reference noised to a lower timestep."""
+    if not 0.0 < strength <= 1.0:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    kept = min(int(steps * strength), steps)
+    if kept < 1:
+        raise ValueError(f"strength {strength} keeps no step of {steps} (int(steps * strength) = 0)")
+    return kept
+
+
+def make_schedule(steps: int = 25, *, strength: float = 1.0, num_train_timesteps: int = 1000, beta_start: float = 0.00085,
                   beta_end: float = 0.012, beta_schedule: BetaSchedule = "linear", steps_offset: int = 1,
                   set_alpha_to_one: bool = True) -> DDIMSchedule:
-    """The DDIM schedule of ``steps`` inference steps (defaults: X-Dyna's, spec §1.5).
+    """The DDIM schedule of ``steps`` inference steps (defaults: X-Dyna's, spec §1.5); ``strength`` < 1
+    keeps only its last ``kept_steps(steps, strength)`` timesteps (the official pipeline's ``strength``).
 
     Products are taken in float64 and rounded once to float32: closer to the exact values than a
     float32 running product, and within 2e-7 (relative) of diffusers' torch float32 ones.
@@ -57,8 +69,9 @@ def make_schedule(steps: int = 25, *, num_train_timesteps: int = 1000, beta_star
         raise ValueError(f"steps_offset={steps_offset} puts the first timestep at {timesteps[0]}, "
                          f"past the {num_train_timesteps} train steps")
     final = 1.0 if set_alpha_to_one else alphas_cumprod[0]
-    return DDIMSchedule(timesteps=jnp.asarray(timesteps, jnp.int32),
-                        prev_timesteps=jnp.asarray(timesteps - ratio, jnp.int32),
+    start = steps - kept_steps(steps, strength)
+    return DDIMSchedule(timesteps=jnp.asarray(timesteps[start:], jnp.int32),
+                        prev_timesteps=jnp.asarray(timesteps[start:] - ratio, jnp.int32),
                         alphas_cumprod=jnp.asarray(alphas_cumprod, jnp.float32),
                         final_alpha_cumprod=jnp.asarray(final, jnp.float32))
 

@@ -22,7 +22,7 @@ from einops import rearrange
 
 from xdyna_jax.models import xdyna
 
-from .ddim import DDIMSchedule, ddim_step, make_schedule
+from .ddim import DDIMSchedule, ddim_step, kept_steps, make_schedule
 from .init import initial_latents
 from .windows import context_windows, window_count
 
@@ -39,6 +39,9 @@ class SampleConfig:
       only when the uncond and cond text states are equal, otherwise both halves run.
     round: quantise output frames by rounding; the official code truncates (``round=False``).
     conditioning_scale: ControlNet residual scale (1.0 for pose and face in the official runs).
+    strength: the official pipeline's ``strength``: only the last ``int(steps * strength)`` DDIM steps run,
+      from the (partly blurred) reference latent noised to the first kept timestep. 1.0 (official runs):
+      all steps, from t = 961 of 25. Lower keeps more of the reference's layout.
     """
 
     frames: int = 192
@@ -54,6 +57,12 @@ class SampleConfig:
     controlnet_once: bool = True
     round: bool = False
     conditioning_scale: float = 1.0
+    strength: float = 1.0
+
+    @property
+    def denoising_steps(self) -> int:
+        """The DDIM steps that run (``steps`` cut by ``strength``): the length of ``Draws.offsets``."""
+        return kept_steps(self.steps, self.strength)
 
 
 # --- random draws ---------------------------------------------------------------------------------
@@ -226,7 +235,7 @@ def sample_latents(params, ref_latent, text_states, image_tokens, uncond_image_t
     draws: the random values (``make_draws``, or injected to replay another run).
     models: the network configs (their ``dtype`` fields select bf16 compute).
     config: steps, guidance_scale, context_frames/overlap, controlnet_once, conditioning_scale are read.
-    schedule: a DDIM schedule; default ``make_schedule(config.steps)``.
+    schedule: a DDIM schedule; default ``make_schedule(config.steps, strength=config.strength)``.
     mesh: when given, the batch inputs and draws are placed with the batch split over its data axes
       (params are used as placed: shard them with ``xdyna.param_shardings``).
     on_step: optional host function ``on_step(step_index, _)`` called as each step completes (a progress
@@ -235,8 +244,8 @@ def sample_latents(params, ref_latent, text_states, image_tokens, uncond_image_t
     Compiled once per (B, N, h, w, models, window settings, guidance on/off, controlnet_once); the
     seed, guidance and conditioning scales and the draws are traced values.
     """
-    steps = config.steps if schedule is None else int(schedule.timesteps.shape[0])
-    sched = make_schedule(config.steps) if schedule is None else schedule
+    sched = make_schedule(config.steps, strength=config.strength) if schedule is None else schedule
+    steps = int(sched.timesteps.shape[0])
     do_cfg = config.guidance_scale >= 1.0
     text_uc = text_states if uncond_text_states is None else uncond_text_states
     _check_shapes(ref_latent, text_states, text_uc, image_tokens, uncond_image_tokens, pose, face, draws,

@@ -48,6 +48,9 @@ def check_config(cfg: SampleRunConfig) -> None:
     for k in ("frames", "stride", "steps", "batch_size"):
         if getattr(s, k) < 1:
             raise UserError(f"sample.{k}={getattr(s, k)}: expected an integer >= 1")
+    if not 0.0 < s.strength <= 1.0 or int(s.steps * s.strength) < 1:
+        raise UserError(f"sample.strength={s.strength}: expected a number in (0, 1] that keeps at least one of "
+                        f"sample.steps={s.steps} DDIM steps (int(steps * strength) >= 1)")
     if not cfg.fps > 0:
         raise UserError(f"fps={cfg.fps}: expected a number > 0")
 
@@ -102,7 +105,7 @@ def _batch_inputs(cfg: SampleRunConfig, params, inputs: list[JobInputs], jobs: l
         f = np.stack([x.face for x in inputs])
         face = jnp.concatenate([to_cond(f[..., :3]), to_cond(f[..., 3:])], axis=-1)
     n = pose.shape[1]
-    draws = pipeline.make_draws(keys, frames=n, latent_shape=(h, w, lat), steps=s.steps,
+    draws = pipeline.make_draws(keys, frames=n, latent_shape=(h, w, lat), steps=s.denoising_steps,
                                 context_frames=s.context_frames)
     return dict(ref_latent=ref, text_states=text, image_tokens=tokens, uncond_image_tokens=uncond, pose=pose,
                 face=face, draws=draws)
@@ -203,7 +206,7 @@ def sample_inputs(cfg: SampleRunConfig, params, jobs: list[Job], inputs: list[Jo
         b_in, b_jobs = [inputs[i] for i in idx], [jobs[i] for i in idx]
         seeds = [s.seed + i for i in idx]  # a job's draws depend only on its seed: same video in any batch
         kw = _batch_inputs(cfg, params, b_in, b_jobs, tokenizer, seeds)
-        _STEPS.bar = tqdm(total=s.steps, desc="steps", unit="step", leave=False, disable=not progress)
+        _STEPS.bar = tqdm(total=s.denoising_steps, desc="steps", unit="step", leave=False, disable=not progress)
         try:
             latents = pipeline.sample_latents(params, **kw, models=cfg.models, config=s, mesh=mesh,
                                               on_step=_STEPS.tick if progress else None)
