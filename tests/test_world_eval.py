@@ -33,6 +33,22 @@ def test_figure_masks_cover_the_skeleton_and_pad_it():
     assert m.sum() == (2 * FIGURE_PAD + 1) ** 2
 
 
+def test_world_case_targets_the_frames_after_the_reference():
+    """Self-reenactment: the reference is the clip's first frame and the ground truth is the frames after it
+    (never a copy of the reference, whose PSNR against itself is infinite), with their own conditions."""
+    from xdyna_jax.eval.world import world_case
+    from xdyna_jax.training.world import world_clip
+
+    job, x, truth, kind = world_case(3, 5, 64, 64)
+    clip = world_clip(0, 3, 6, 64, 64, scene_ratio=0.0, split="test")  # [reference, its own frame, 5 after it]
+    assert truth.shape == (5, 64, 64, 3) and x.pose.shape == (5, 64, 64, 3) and x.face.shape == (5, 64, 64, 6)
+    np.testing.assert_array_equal(x.reference_rgb, clip["frames"][1])
+    np.testing.assert_array_equal(truth, clip["frames"][2:])
+    np.testing.assert_array_equal(x.pose, clip["pose"][1:])
+    assert not any(np.array_equal(t, x.reference_rgb) for t in truth)
+    assert np.abs(x.reference - (x.reference_rgb / 127.5 - 1)).max() < 1e-6
+
+
 @pytest.fixture(scope="module")
 def world_model():
     if not (WEIGHTS / "config.yaml").is_file():  # shipped once they beat the static baseline (docs/TINY_WORLD.md)
