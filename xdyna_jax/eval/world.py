@@ -1,14 +1,14 @@
 """The tiny world's held-out scores (docs/TINY_WORLD.md): self-reenactment on the world's test split.
 
 Each test clip's reference is its first frame, its skeleton and S-Face condition are its own, and the clip's
-frames after the reference are the ground truth (``world_case`` says why not the reference's own frame).
-Four videos per clip: (a) ``trained`` weights, (b) ``random`` weights of the same networks, (c) ``static``:
-the reference frame repeated, (d) ``no_adapter``: the trained weights with the Dynamics-Adapter residual switched off (``to_out_ff`` zeroed, so every spatial self-attention's residual
-branch onto the reference adds nothing). Scores: PSNR, SSIM, LPIPS (AlexNet, and VGG16
-as a second opinion: the recipe's VAE trains on AlexNet LPIPS) per frame averaged over the
-clips, FVD (I3D) over all clips' 16-frame windows, and the mean optical-flow magnitude of the background
-and the figure (``eval.flow``; the figure is the skeleton render dilated by ``FIGURE_PAD`` pixels: the
-world knows where its figure is, a person segmenter trained on photos does not).
+frames after the reference are the ground truth (``world_case`` says why not the reference's own frame). Four
+videos per clip: (a) ``trained`` weights, (b) ``random`` weights of the same networks, (c) ``static``: the
+reference frame repeated, (d) ``no_adapter``: the trained weights with the Dynamics-Adapter residual switched
+off (``to_out_ff`` zeroed, so every spatial self-attention's residual branch onto the reference adds nothing).
+Scores: PSNR, SSIM, LPIPS (AlexNet, and VGG16 as a second opinion: the recipe's VAE trains on AlexNet LPIPS)
+per frame averaged over the clips, FVD (I3D) over all clips' 16-frame windows, and the mean optical-flow
+magnitude of the background and the figure (``eval.flow``; the figure is the skeleton render dilated by
+``FIGURE_PAD`` pixels: the world knows where its figure is, a person segmenter trained on photos does not).
 
   python -m xdyna_jax.eval.world [--weights weights/tiny_world] [--clips 8] [--first 0] [sample.steps=25 ...]
 """
