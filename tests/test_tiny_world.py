@@ -123,6 +123,24 @@ def test_the_recipe_first_stage_runs_shortened_and_is_skipped_when_re_run(tmp_pa
     assert bad.returncode == 2 and "nope" in bad.stderr
 
 
+def test_the_recipe_runs_its_stages_in_order(tmp_path):
+    """vae -> full -> tune -> export: a stage whose predecessor has not finished is a named error; the tune
+    stage starts from the full stage's bundle with the VAE's latent scale, and the export reads the tune one."""
+    from xdyna_jax.cli import UserError
+    from xdyna_jax.training import recipe
+
+    assert recipe.STAGES == ("vae", "full", "tune", "export")
+    for stage, missing in [("full", "vae_bundle"), ("tune", "full_bundle"), ("export", "tune_bundle")]:
+        with pytest.raises(UserError, match=f"--stages {stage}: .*{missing}"):
+            recipe.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "w"), "--stages", stage])
+    cmds = recipe.stage_commands(tmp_path, tune_overrides=["train.steps=3"], scale=1.5)
+    tune = cmds["tune"]
+    assert tune[tune.index("--config") + 1].endswith("train_world_tune.yaml")
+    assert tune[tune.index("--export") + 1] == str(tmp_path / "tune_bundle")
+    assert f"train.init={tmp_path / 'full_bundle'}" in tune and "models.vae.scaling_factor=1.5" in tune
+    assert tune[-1] == "train.steps=3" and "train.steps=3" not in cmds["full"]
+
+
 def test_the_world_configs_load_and_train_the_resampler():
     from xdyna_jax.training import config as train_config
 
@@ -135,6 +153,17 @@ def test_the_world_configs_load_and_train_the_resampler():
 
     with pytest.raises(UserError, match="data.split"):
         train_config.load(CONFIGS / "train_world_full.yaml", ["data.split=val"])
+    # the tune stage: the same networks and data; its timesteps cover every one the embedded sampler visits
+    # (leading spacing by hand: 25 steps are 961, 921, ..., 1, and strength s keeps the last int(25 s))
+    tune = train_config.load(CONFIGS / "train_world_tune.yaml")
+    assert tune.models == full.models and tune.train.stage == full.train.stage and tune.data == full.data
+    assert tune.train.ema_decay > 0
+    import yaml
+
+    raw = yaml.safe_load((CONFIGS / "sample_tiny_world.yaml").read_text())["sample"]
+    steps, strength = raw["steps"], raw["strength"]
+    first = list(range(1, 1000, 1000 // steps))[::-1][steps - int(steps * strength)]
+    assert first == 441 and first < tune.train.max_timestep <= 1000
 
 
 def test_the_export_is_bf16_official_files_that_convert_back_to_the_bundle(tmp_path):

@@ -232,3 +232,39 @@ def test_min_snr_weights_each_sample_by_its_timestep(monkeypatch):
     assert abs(float(objective.diffusion_loss(params, batch, rng, cfg=cfg)) - per.mean()) < 1e-5
     with pytest.raises(UserError, match="snr_gamma"):
         train_config.load(CONFIGS / "train_tiny.yaml", ["train.snr_gamma=0"])
+
+
+def test_max_timestep_bounds_the_drawn_timesteps(monkeypatch):
+    """train.max_timestep: t ~ U{0 .. max_timestep - 1}, reaching through objective.loss; 1000 (all of the
+    schedule) by default; out of range, or set for the vae stage, it is a named error."""
+    from xdyna_jax.training import objective
+
+    cfg = tiny_models_config()
+    params = jax.tree.map(np.asarray, xdyna.init_params(cfg, jax.random.key(0), parts=["text_encoder", "resampler", "image_encoder"]))
+    b, lat = 64, cfg.vae.latent_channels
+    rs = np.random.default_rng(2)
+    batch = {"vae_moments": np.concatenate([rs.normal(size=(b, 2, 2, 2, lat)), np.full((b, 2, 2, 2, lat), -30.0)],
+                                           -1).astype(np.float32),
+             "clip_hidden": rs.normal(size=(b, 5, cfg.resampler.embedding_dim)).astype(np.float32),
+             "pose": np.zeros((b, 1, 16, 16, 3), np.float32)}
+    ts = lambda m: np.concatenate([np.asarray(objective.diffusion_inputs(  # noqa: E731
+        params, batch, jax.random.key(k), cfg=cfg, image_dropout=0.0, max_timestep=m)["t"]) for k in range(4)])
+    assert ts(1).tolist() == [0] * 4 * b
+    low, full = ts(50), ts(1000)
+    assert low.min() >= 0 and low.max() == 49 and len(set(low.tolist())) > 40  # the whole range is drawn
+    assert full.max() > 900
+    # through objective.loss: with the denoiser's error = the noise, t = 0 for every sample makes the
+    # Min-SNR weight min(SNR_0, 5) / SNR_0 with SNR_0 = (1 - 0.00085) / 0.00085 by hand
+    monkeypatch.setattr(xdyna, "denoise", lambda p, window, *a, **k: jnp.zeros_like(window))
+    run = train_config.load(CONFIGS / "train_tiny.yaml", ["train.max_timestep=1", "train.snr_gamma=5",
+                                                          "train.image_dropout=0"])
+    snr0 = (1 - 0.00085) / 0.00085
+    d = objective.diffusion_inputs(params, batch, jax.random.key(3), cfg=cfg, image_dropout=0.0, max_timestep=1)
+    want = 5.0 / snr0 * float(np.mean(np.square(np.asarray(d["noise"], np.float64))))
+    got = float(objective.loss(params, batch, jax.random.key(3), cfg=cfg, train=run.train))
+    assert abs(got - want) < 1e-4 * want
+    for bad, expect in [("train.max_timestep=0", "max_timestep=0"), ("train.max_timestep=1001", "1000"),
+                        ("train.stage=vae", "stage=vae")]:
+        with pytest.raises(UserError, match=expect):
+            train_config.load(CONFIGS / "train_tiny.yaml", ["train.max_timestep=500", bad]
+                              if bad.startswith("train.stage") else [bad])

@@ -38,6 +38,9 @@ class TrainConfig:
     perceptual_net: Literal["alex", "vgg"] = "vgg"
     # denoiser stages: Min-SNR-gamma loss weights (objective.diffusion_loss; 5 in the paper); null = plain MSE
     snr_gamma: Optional[float] = None
+    # denoiser stages: t is drawn from 0 .. max_timestep - 1. Below 1000 it spends every step on the noise
+    # levels a sampler at sample.strength < 1 visits (strength 0.5 of 25 steps starts at t = 441)
+    max_timestep: int = 1000
     compute_dtype: Literal["float32", "bfloat16"] = "float32"  # params stay float32 (master weights)
     remat: bool = False                   # gradient checkpointing in the UNet and ControlNets
     seed: int = 0
@@ -115,6 +118,12 @@ def check(cfg: TrainRunConfig) -> None:
     if t.perceptual_weight > 0 and t.stage != "vae":
         raise UserError(f"train.perceptual_weight={t.perceptual_weight} is a term of the vae stage's loss; "
                         f"train.stage={t.stage} trains the denoiser (set it to 0)")
+    if not 1 <= t.max_timestep <= 1000:
+        raise UserError(f"train.max_timestep={t.max_timestep}: expected an integer in [1, 1000] "
+                        f"(the training schedule's 1000 timesteps)")
+    if t.max_timestep != 1000 and t.stage == "vae":
+        raise UserError(f"train.max_timestep={t.max_timestep} bounds the denoiser's timesteps; "
+                        f"train.stage=vae has none (leave it at 1000)")
     if t.snr_gamma is not None and not t.snr_gamma > 0:
         raise UserError(f"train.snr_gamma={t.snr_gamma}: expected a number > 0, or null for the plain loss")
     if not 0 <= cfg.data.scene_ratio <= 1:

@@ -47,17 +47,18 @@ def cond_image_tokens(params, batch, *, cfg):
     return xdyna.image_tokens(params, batch["clip_pixels"], cfg=cfg)
 
 
-def diffusion_inputs(params, batch, rng, *, cfg, image_dropout: float):
+def diffusion_inputs(params, batch, rng, *, cfg, image_dropout: float, max_timestep: int = NUM_TRAIN_TIMESTEPS):
     """Everything ``denoise`` sees, and the target: a dict of window, t, noise, text, tokens, pose, face.
 
-    Draws from ``rng`` (split in this order): VAE posterior noise, t, the noise, the dropout coins.
+    Draws from ``rng`` (split in this order): VAE posterior noise, t ~ U{0 .. max_timestep - 1}, the noise,
+    the dropout coins.
     """
     k_post, k_t, k_noise, k_drop = jax.random.split(rng, 4)
     mean, logvar = posterior(params, batch, cfg=cfg)
     latents = jax.lax.stop_gradient(latent_dist_sample(mean, logvar, k_post) * cfg.vae.scaling_factor)
     ref, x0 = latents[:, :1], latents[:, 1:]
     b = latents.shape[0]
-    t = jax.random.randint(k_t, (b,), 0, NUM_TRAIN_TIMESTEPS)
+    t = jax.random.randint(k_t, (b,), 0, max_timestep)
     noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
     a = alphas_cumprod()[t][:, None, None, None, None]
     noisy = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * noise
@@ -72,14 +73,16 @@ def diffusion_inputs(params, batch, rng, *, cfg, image_dropout: float):
                 pose=batch["pose"], face=face, dropped=drop)
 
 
-def diffusion_loss(params, batch, rng, *, cfg, image_dropout: float = 0.0, snr_gamma: float | None = None):
+def diffusion_loss(params, batch, rng, *, cfg, image_dropout: float = 0.0, snr_gamma: float | None = None,
+                   max_timestep: int = NUM_TRAIN_TIMESTEPS):
     """Mean squared error of the predicted noise on frames 1..F (frame 0, the reference, has no loss).
 
     ``snr_gamma``: Min-SNR-gamma weighting (Hang et al. 2023, for epsilon prediction): each sample's error
     times ``min(SNR(t), gamma) / SNR(t)``, so the nearly clean timesteps, which dominate the plain loss,
     stop crowding out the noisy ones where the layout is decided.
+    ``max_timestep``: t is drawn below it (``train.max_timestep``).
     """
-    d = diffusion_inputs(params, batch, rng, cfg=cfg, image_dropout=image_dropout)
+    d = diffusion_inputs(params, batch, rng, cfg=cfg, image_dropout=image_dropout, max_timestep=max_timestep)
     eps = xdyna.denoise(params, d["window"], d["t"], d["text"], d["tokens"], d["pose"], d["face"], cfg=cfg)
     sq = jnp.square(eps[:, 1:].astype(jnp.float32) - d["noise"])
     if snr_gamma is None:
@@ -116,4 +119,5 @@ def loss(params, batch, rng, *, cfg, train):
     if train.stage == "vae":
         return vae_loss(params, batch, rng, cfg=cfg, kl_weight=train.kl_weight,
                         perceptual_weight=train.perceptual_weight, perceptual_net=train.perceptual_net)
-    return diffusion_loss(params, batch, rng, cfg=cfg, image_dropout=train.image_dropout, snr_gamma=train.snr_gamma)
+    return diffusion_loss(params, batch, rng, cfg=cfg, image_dropout=train.image_dropout, snr_gamma=train.snr_gamma,
+                          max_timestep=train.max_timestep)

@@ -1,14 +1,18 @@
 """The tiny world's recipe (``make tiny-world``): every stage through ``train.py``, resumable, with progress.
 
 ``python -m xdyna_jax.training.recipe [--workdir runs/tiny_world] [--out weights/tiny_world]
-[--stages vae,full,export] [--vae KEY=VALUE ...] [--full KEY=VALUE ...]``
+[--stages vae,full,tune,export] [--vae KEY=VALUE ...] [--full KEY=VALUE ...] [--tune KEY=VALUE ...]``
 
 1. ``vae``: ``train.py --config configs/train_world_vae.yaml --workdir {workdir}/vae --export {workdir}/vae_bundle``;
 2. ``full``: ``train.py --config configs/train_world_full.yaml --workdir {workdir}/full --export
    {workdir}/full_bundle train.init={workdir}/vae_bundle models.vae.scaling_factor=S`` (UNet, ControlNets,
    Resampler over the stage-1 VAE). ``S`` = 1 / std of the trained VAE's latent means over training frames
    (``latent_scale``), the rule that gave SD1.5 its 0.18215: the diffusion schedule assumes unit-variance latents;
-3. ``export``: the full bundle as bf16 official-named safetensors + ``config.yaml`` in ``--out``.
+3. ``tune``: ``train.py --config configs/train_world_tune.yaml --workdir {workdir}/tune --export
+   {workdir}/tune_bundle train.init={workdir}/full_bundle models.vae.scaling_factor=S``: the same networks
+   trained on, only on the timesteps the embedded sampler visits (``train.max_timestep``), with an EMA of
+   the weights, which the bundle holds;
+4. ``export``: the tune bundle as bf16 official-named safetensors + ``config.yaml`` in ``--out``.
 
 Each stage runs in its own process (one JAX runtime per stage, as a user would run them) and resumes on
 its own workdir: ``train.py`` restarts from the last checkpoint, and a stage whose bundle is written and
@@ -29,7 +33,7 @@ from xdyna_jax import cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "configs"
-STAGES = ("vae", "full", "export")
+STAGES = ("vae", "full", "tune", "export")
 STAMP = "recipe_done.json"  # written into a bundle folder once its stage has finished and exported
 
 
@@ -67,17 +71,20 @@ def latent_scale(bundle: Path, frames: int = 64, seed: int = 12345) -> float:
     return scale
 
 
-def stage_commands(workdir: Path, vae_overrides=(), full_overrides=(),
+def stage_commands(workdir: Path, vae_overrides=(), full_overrides=(), tune_overrides=(),
                    scale: float | None = None) -> dict[str, list[str]]:
-    """The ``train.py`` command line of each training stage (``scale``: the full stage's latent scale)."""
+    """The ``train.py`` command line of each training stage (``scale``: the denoiser stages' latent scale)."""
     train_py = str(REPO_ROOT / "train.py")
+    scaled = [f"models.vae.scaling_factor={scale}"] if scale is not None else []
     return {
         "vae": [sys.executable, train_py, "--config", str(CONFIGS / "train_world_vae.yaml"),
                 "--workdir", str(workdir / "vae"), "--export", str(workdir / "vae_bundle"), *vae_overrides],
         "full": [sys.executable, train_py, "--config", str(CONFIGS / "train_world_full.yaml"),
                  "--workdir", str(workdir / "full"), "--export", str(workdir / "full_bundle"),
-                 f"train.init={workdir / 'vae_bundle'}",
-                 *([f"models.vae.scaling_factor={scale}"] if scale is not None else []), *full_overrides],
+                 f"train.init={workdir / 'vae_bundle'}", *scaled, *full_overrides],
+        "tune": [sys.executable, train_py, "--config", str(CONFIGS / "train_world_tune.yaml"),
+                 "--workdir", str(workdir / "tune"), "--export", str(workdir / "tune_bundle"),
+                 f"train.init={workdir / 'full_bundle'}", *scaled, *tune_overrides],
     }
 
 
@@ -162,7 +169,7 @@ def load_weights(folder) -> tuple[dict, object]:
 
 
 def plot_losses(workdir: Path, png: Path, window: int = 25) -> Path:
-    """Both stages' training loss (raw and a running mean over ``window`` logged steps) as one PNG."""
+    """Each stage's training loss (raw and a running mean over ``window`` logged steps) as one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -171,8 +178,9 @@ def plot_losses(workdir: Path, png: Path, window: int = 25) -> Path:
 
     from .loop import read_losses
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, stage, what in zip(axes, ("vae", "full"), ("reconstruction MSE + KL", "noise-prediction MSE")):
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
+    for ax, stage, what in zip(axes, ("vae", "full", "tune"), ("reconstruction MSE + KL", "noise-prediction MSE",
+                                                               "noise-prediction MSE, t < max_timestep")):
         losses = read_losses(workdir / stage / "metrics.jsonl")
         steps = np.array(sorted(losses))
         if len(steps):
@@ -196,6 +204,7 @@ def main(argv=None) -> int:
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     p.add_argument("--vae", action="append", default=[], metavar="KEY=VALUE", help="override of the vae stage")
     p.add_argument("--full", action="append", default=[], metavar="KEY=VALUE", help="override of the full stage")
+    p.add_argument("--tune", action="append", default=[], metavar="KEY=VALUE", help="override of the tune stage")
     args = p.parse_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
@@ -208,23 +217,25 @@ def main(argv=None) -> int:
     for i, name in enumerate(stages, 1):
         print(f"[tiny-world] stage {i}/{len(stages)}: {name}", flush=True)
         if name == "export":
-            bundle = workdir / "full_bundle"
+            bundle = workdir / "tune_bundle"
             if not (bundle / STAMP).is_file():
-                raise cli.UserError(f"--stages export: {bundle} is not finished (run the full stage first)")
+                raise cli.UserError(f"--stages export: {bundle} is not finished (run the tune stage first)")
             export_weights(bundle, Path(args.out).absolute())
             png = plot_losses(workdir, Path(args.out).absolute() / "loss_curves.png")
             print(f"[tiny-world] loss curves -> {png}", flush=True)
         else:
             scale = None
-            if name == "full":
+            if name in ("full", "tune"):
+                before = workdir / ("vae_bundle" if name == "full" else "full_bundle")
+                if not (before / STAMP).is_file():
+                    raise cli.UserError(f"--stages {name}: {before} is not finished "
+                                        f"(run the {before.name.split('_')[0]} stage first)")
                 vae_bundle = workdir / "vae_bundle"
-                if not (vae_bundle / STAMP).is_file():
-                    raise cli.UserError(f"--stages full: {vae_bundle} is not finished (run the vae stage first)")
                 scale = latent_scale(vae_bundle)
                 info = json.loads((vae_bundle / "latent_scale.json").read_text())
                 print(f"[tiny-world] the trained VAE: latent scale {scale} (1 / std of its latent means), "
                       f"reconstruction PSNR {info.get('reconstruction_psnr_db')} dB on unseen frames", flush=True)
-            cmd = stage_commands(workdir, args.vae, args.full, scale)[name]
+            cmd = stage_commands(workdir, args.vae, args.full, args.tune, scale)[name]
             run_stage(name, cmd, workdir / f"{name}_bundle")
     print(f"[tiny-world] all done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     return 0
