@@ -21,7 +21,7 @@ help:
 	@echo "make test          create .venv, pip install -e '.[test,data,eval]', run pytest (args: PYTEST_ARGS=...)"
 	@echo "make install       only the package install;  make install-test: with the test extra"
 	@echo "make clean-venv    remove .venv"
-	@echo "make tiny-world    train the tiny world from nothing (data, vae, full, export to weights/tiny_world; resumes; args: RECIPE_ARGS=...)"
+	@echo "make tiny-world    train the tiny world from nothing (data, vae, full, tune, export to weights/tiny_world; resumes; args: RECIPE_ARGS=...)"
 
 sample: $(VENV)/.installed-sample
 	$(PY) sample.py $(SAMPLE_ARGS)
