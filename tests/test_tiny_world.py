@@ -2,12 +2,14 @@
 the held-out split by construction, and the recipe's first stage at a shortened length."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import sys
 
 import numpy as np
+import yaml
 import pytest
 
 from helpers import CONFIGS, REPO_ROOT
@@ -123,22 +125,45 @@ def test_the_recipe_first_stage_runs_shortened_and_is_skipped_when_re_run(tmp_pa
     assert bad.returncode == 2 and "nope" in bad.stderr
 
 
-def test_the_recipe_runs_its_stages_in_order(tmp_path):
-    """vae -> full -> tune -> export: a stage whose predecessor has not finished is a named error; the tune
-    stage starts from the full stage's bundle with the VAE's latent scale, and the export reads the tune one."""
+def test_the_recipe_runs_its_stages_in_order(tmp_path, monkeypatch):
+    """vae -> full -> tune -> export, whatever order --stages names them in: a stage whose predecessor has not
+    finished is a named error; the tune stage starts from the full stage's bundle at the latent scale that
+    stage trained with; a stage is stale once its predecessor has been re-run; the export reads the tune one."""
+    from helpers import tiny_models_config
+    from xdyna_jax import config as config_lib
     from xdyna_jax.cli import UserError
     from xdyna_jax.training import recipe
 
     assert recipe.STAGES == ("vae", "full", "tune", "export")
-    for stage, missing in [("full", "vae_bundle"), ("tune", "full_bundle"), ("export", "tune_bundle")]:
-        with pytest.raises(UserError, match=f"--stages {stage}: .*{missing}"):
-            recipe.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "w"), "--stages", stage])
-    cmds = recipe.stage_commands(tmp_path, tune_overrides=["train.steps=3"], scale=1.5)
-    tune = cmds["tune"]
+    argv = ["--workdir", str(tmp_path), "--out", str(tmp_path / "w"), "--stages"]
+    for stage, missing, prev in [("full", "vae_bundle", "vae"), ("tune", "full_bundle", "full"),
+                                 ("export", "tune_bundle", "tune"), ("tune,full", "vae_bundle", "vae")]:
+        with pytest.raises(UserError, match=rf"--stages {stage.split(',')[-1]}: .*{missing} is not finished "
+                                            rf"\(run the {prev} stage first\)"):
+            recipe.main(argv + [stage])
+    # a finished full stage whose models were trained at latent scale 0.77: tune runs from it at 0.77
+    full = tmp_path / "full_bundle"
+    full.mkdir()
+    cfg = tiny_models_config()
+    cfg = dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, scaling_factor=0.77))
+    (full / "config.yaml").write_text(yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
+    (full / recipe.STAMP).write_text(json.dumps({"command": ["x"], "seconds": 1.0, "after": None}))
+    ran = []
+    monkeypatch.setattr(recipe, "run_stage", lambda name, cmd, bundle, out=print, after=None:
+                        ran.append((name, cmd, bundle, after)))
+    recipe.main(argv + ["tune", "--tune", "train.steps=3"])
+    ((name, tune, bundle, after),) = ran
+    assert name == "tune" and bundle == tmp_path / "tune_bundle" and after == {"command": ["x"], "seconds": 1.0,
+                                                                              "after": None}
     assert tune[tune.index("--config") + 1].endswith("train_world_tune.yaml")
     assert tune[tune.index("--export") + 1] == str(tmp_path / "tune_bundle")
-    assert f"train.init={tmp_path / 'full_bundle'}" in tune and "models.vae.scaling_factor=1.5" in tune
-    assert tune[-1] == "train.steps=3" and "train.steps=3" not in cmds["full"]
+    assert f"train.init={full}" in tune and "models.vae.scaling_factor=0.77" in tune and tune[-1] == "train.steps=3"
+    # the stamp ties a finished stage to its predecessor's stamp
+    (tmp_path / "tune_bundle").mkdir()
+    (tmp_path / "tune_bundle" / recipe.STAMP).write_text(json.dumps({"command": tune[1:], "after": after}))
+    assert recipe._done(tmp_path / "tune_bundle", tune, after)
+    assert not recipe._done(tmp_path / "tune_bundle", tune, {**after, "seconds": 2.0})  # full was re-run
+    assert not recipe._done(tmp_path / "tune_bundle", tune[:-1], after)  # other overrides
 
 
 def test_the_world_configs_load_and_train_the_resampler():
@@ -158,12 +183,13 @@ def test_the_world_configs_load_and_train_the_resampler():
     tune = train_config.load(CONFIGS / "train_world_tune.yaml")
     assert tune.models == full.models and tune.train.stage == full.train.stage and tune.data == full.data
     assert tune.train.ema_decay > 0
-    import yaml
-
     raw = yaml.safe_load((CONFIGS / "sample_tiny_world.yaml").read_text())["sample"]
     steps, strength = raw["steps"], raw["strength"]
     first = list(range(1, 1000, 1000 // steps))[::-1][steps - int(steps * strength)]
-    assert first == 441 and first < tune.train.max_timestep <= 1000
+    from xdyna_jax.sampling.ddim import make_schedule
+
+    assert first == 441 == int(make_schedule(steps, strength=strength).timesteps[0])
+    assert first < tune.train.max_timestep <= 1000
 
 
 def test_the_export_is_bf16_official_files_that_convert_back_to_the_bundle(tmp_path):

@@ -263,7 +263,7 @@ def test_max_timestep_bounds_the_drawn_timesteps(monkeypatch):
     want = 5.0 / snr0 * float(np.mean(np.square(np.asarray(d["noise"], np.float64))))
     got = float(objective.loss(params, batch, jax.random.key(3), cfg=cfg, train=run.train))
     assert abs(got - want) < 1e-4 * want
-    for bad, expect in [("train.max_timestep=0", "max_timestep=0"), ("train.max_timestep=1001", "1000"),
+    for bad, expect in [("train.max_timestep=0", "max_timestep=0"), ("train.max_timestep=1001", "max_timestep=1001"),
                         ("train.stage=vae", "stage=vae")]:
         with pytest.raises(UserError, match=expect):
             train_config.load(CONFIGS / "train_tiny.yaml", ["train.max_timestep=500", bad]

@@ -10,6 +10,8 @@ from xdyna_jax.cli import UserError
 from xdyna_jax.models.xdyna import ModelsConfig
 from xdyna_jax.sharding import MeshConfig
 
+NUM_TRAIN_TIMESTEPS = 1000  # the diffusion schedule's length (objective.py), here so the config need not import JAX
+
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
@@ -40,7 +42,7 @@ class TrainConfig:
     snr_gamma: Optional[float] = None
     # denoiser stages: t is drawn from 0 .. max_timestep - 1. Below 1000 it spends every step on the noise
     # levels a sampler at sample.strength < 1 visits (strength 0.5 of 25 steps starts at t = 441)
-    max_timestep: int = 1000
+    max_timestep: int = NUM_TRAIN_TIMESTEPS
     compute_dtype: Literal["float32", "bfloat16"] = "float32"  # params stay float32 (master weights)
     remat: bool = False                   # gradient checkpointing in the UNet and ControlNets
     seed: int = 0
@@ -118,12 +120,12 @@ def check(cfg: TrainRunConfig) -> None:
     if t.perceptual_weight > 0 and t.stage != "vae":
         raise UserError(f"train.perceptual_weight={t.perceptual_weight} is a term of the vae stage's loss; "
                         f"train.stage={t.stage} trains the denoiser (set it to 0)")
-    if not 1 <= t.max_timestep <= 1000:
-        raise UserError(f"train.max_timestep={t.max_timestep}: expected an integer in [1, 1000] "
-                        f"(the training schedule's 1000 timesteps)")
-    if t.max_timestep != 1000 and t.stage == "vae":
+    if not 1 <= t.max_timestep <= NUM_TRAIN_TIMESTEPS:
+        raise UserError(f"train.max_timestep={t.max_timestep}: expected an integer in [1, {NUM_TRAIN_TIMESTEPS}] "
+                        f"(the training schedule's {NUM_TRAIN_TIMESTEPS} timesteps)")
+    if t.max_timestep != NUM_TRAIN_TIMESTEPS and t.stage == "vae":
         raise UserError(f"train.max_timestep={t.max_timestep} bounds the denoiser's timesteps; "
-                        f"train.stage=vae has none (leave it at 1000)")
+                        f"train.stage=vae has none (leave it at {NUM_TRAIN_TIMESTEPS})")
     if t.snr_gamma is not None and not t.snr_gamma > 0:
         raise UserError(f"train.snr_gamma={t.snr_gamma}: expected a number > 0, or null for the plain loss")
     if not 0 <= cfg.data.scene_ratio <= 1:

@@ -22,7 +22,7 @@ from xdyna_jax.models.resampler import Resampler
 from xdyna_jax.models.vae import AutoencoderKL, latent_dist_sample
 from xdyna_jax.sampling.ddim import make_schedule
 
-NUM_TRAIN_TIMESTEPS = 1000
+from .config import NUM_TRAIN_TIMESTEPS
 
 
 def alphas_cumprod():

@@ -15,8 +15,9 @@
 4. ``export``: the tune bundle as bf16 official-named safetensors + ``config.yaml`` in ``--out``.
 
 Each stage runs in its own process (one JAX runtime per stage, as a user would run them) and resumes on
-its own workdir: ``train.py`` restarts from the last checkpoint, and a stage whose bundle is written and
-whose checkpoint is at its final step is skipped. Seeds are the configs' ``train.seed``; the data is a
+its own workdir: ``train.py`` restarts from the last checkpoint, and a stage whose bundle was written by the
+same command from its predecessor's bundle as it is now is skipped (a re-run predecessor makes the stages
+after it stale). ``--stages`` run in the order above, whatever order they are named in. Seeds are the configs' ``train.seed``; the data is a
 pure function of (seed, step), so a resumed stage sees the batches it would have seen.
 """
 from __future__ import annotations
@@ -34,6 +35,7 @@ from xdyna_jax import cli
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "configs"
 STAGES = ("vae", "full", "tune", "export")
+PREVIOUS = {"full": "vae", "tune": "full", "export": "tune"}  # the stage whose bundle each one starts from
 STAMP = "recipe_done.json"  # written into a bundle folder once its stage has finished and exported
 
 
@@ -88,20 +90,23 @@ def stage_commands(workdir: Path, vae_overrides=(), full_overrides=(), tune_over
     }
 
 
-def _done(bundle: Path, command: list[str]) -> bool:
-    """True when ``bundle`` was written by exactly this command (same overrides) to its end."""
-    stamp = bundle / STAMP
-    if not stamp.is_file():
-        return False
+def _stamp(bundle: Path) -> dict | None:
     try:
-        return json.loads(stamp.read_text()).get("command") == command[1:]
-    except json.JSONDecodeError:
-        return False
+        return json.loads((bundle / STAMP).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
-def run_stage(name: str, command: list[str], bundle: Path, out=print) -> float:
+def _done(bundle: Path, command: list[str], after: dict | None = None) -> bool:
+    """True when ``bundle`` was written by exactly this command (same overrides) to its end, from the
+    predecessor's bundle as it is now (``after``: that bundle's stamp; a re-run predecessor makes it stale)."""
+    stamp = _stamp(bundle)
+    return stamp is not None and stamp.get("command") == command[1:] and stamp.get("after") == after
+
+
+def run_stage(name: str, command: list[str], bundle: Path, out=print, after: dict | None = None) -> float:
     """Run one training stage unless it is done; returns its wall seconds (0 when skipped)."""
-    if _done(bundle, command):
+    if _done(bundle, command, after):
         out(f"[tiny-world] {name}: done ({bundle}); skipped")
         return 0.0
     out(f"[tiny-world] {name}: {' '.join(command[1:])}")
@@ -112,7 +117,7 @@ def run_stage(name: str, command: list[str], bundle: Path, out=print) -> float:
     if not (bundle / "bundle.json").is_file():  # train.py exits 0 after a SIGTERM without exporting
         raise cli.UserError(f"tiny-world stage {name} stopped before its end (no {bundle}); re-run to resume")
     dt = time.perf_counter() - t0
-    (bundle / STAMP).write_text(json.dumps({"command": command[1:], "seconds": dt}) + "\n")
+    (bundle / STAMP).write_text(json.dumps({"command": command[1:], "seconds": dt, "after": after}) + "\n")
     out(f"[tiny-world] {name}: finished in {dt / 60:.1f} min -> {bundle}")
     return dt
 
@@ -211,32 +216,34 @@ def main(argv=None) -> int:
     if bad or not stages:
         raise cli.UserError(f"--stages {args.stages}: unknown {bad or 'empty'}; "
                             f"expected a subset of {','.join(STAGES)}")
+    stages = sorted(set(stages), key=STAGES.index)  # each stage starts from the one before: run them in order
     workdir = Path(args.workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     for i, name in enumerate(stages, 1):
         print(f"[tiny-world] stage {i}/{len(stages)}: {name}", flush=True)
+        before = workdir / f"{PREVIOUS[name]}_bundle" if name in PREVIOUS else None
+        after = _stamp(before) if before is not None else None
+        if before is not None and after is None:
+            raise cli.UserError(f"--stages {name}: {before} is not finished (run the {PREVIOUS[name]} stage first)")
         if name == "export":
-            bundle = workdir / "tune_bundle"
-            if not (bundle / STAMP).is_file():
-                raise cli.UserError(f"--stages export: {bundle} is not finished (run the tune stage first)")
-            export_weights(bundle, Path(args.out).absolute())
+            export_weights(before, Path(args.out).absolute())
             png = plot_losses(workdir, Path(args.out).absolute() / "loss_curves.png")
             print(f"[tiny-world] loss curves -> {png}", flush=True)
-        else:
-            scale = None
-            if name in ("full", "tune"):
-                before = workdir / ("vae_bundle" if name == "full" else "full_bundle")
-                if not (before / STAMP).is_file():
-                    raise cli.UserError(f"--stages {name}: {before} is not finished "
-                                        f"(run the {before.name.split('_')[0]} stage first)")
-                vae_bundle = workdir / "vae_bundle"
-                scale = latent_scale(vae_bundle)
-                info = json.loads((vae_bundle / "latent_scale.json").read_text())
-                print(f"[tiny-world] the trained VAE: latent scale {scale} (1 / std of its latent means), "
-                      f"reconstruction PSNR {info.get('reconstruction_psnr_db')} dB on unseen frames", flush=True)
-            cmd = stage_commands(workdir, args.vae, args.full, args.tune, scale)[name]
-            run_stage(name, cmd, workdir / f"{name}_bundle")
+            continue
+        scale = None
+        if name == "full":
+            scale = latent_scale(before)
+            info = json.loads((before / "latent_scale.json").read_text())
+            print(f"[tiny-world] the trained VAE: latent scale {scale} (1 / std of its latent means), "
+                  f"reconstruction PSNR {info.get('reconstruction_psnr_db')} dB on unseen frames", flush=True)
+        elif name == "tune":  # the scale the full stage trained with (its bundle's config), whatever set it
+            from xdyna_jax import config as config_lib
+            from xdyna_jax.models.xdyna import ModelsConfig
+
+            scale = config_lib.load(ModelsConfig, before / "config.yaml").vae.scaling_factor
+        cmd = stage_commands(workdir, args.vae, args.full, args.tune, scale)[name]
+        run_stage(name, cmd, workdir / f"{name}_bundle", after=after)
     print(f"[tiny-world] all done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     return 0
 
