@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import numpy as np
-import yaml
 import pytest
+import yaml
 
 from helpers import CONFIGS, REPO_ROOT
 from xdyna_jax.training import world

@@ -205,19 +205,26 @@ def test_vae_perceptual_term_is_the_packages_lpips():
         train_config.load(CONFIGS / "train_tiny.yaml", ["train.perceptual_weight=0.1"])  # a denoiser stage
 
 
+def _denoiser_inputs(b: int, size: int, seed: int):
+    """Tiny models, the params the denoiser loss reads besides the (patched) denoiser, and a batch of ``b``
+    stored VAE moments (``size`` x ``size`` latents, variance e^-30: the latents are the means)."""
+    cfg = tiny_models_config()
+    params = jax.tree.map(np.asarray, xdyna.init_params(cfg, jax.random.key(0),
+                                                        parts=["text_encoder", "resampler", "image_encoder"]))
+    lat, rs = cfg.vae.latent_channels, np.random.default_rng(seed)
+    shape = (b, 2, size, size, lat)
+    batch = {"vae_moments": np.concatenate([rs.normal(size=shape), np.full(shape, -30.0)], -1).astype(np.float32),
+             "clip_hidden": rs.normal(size=(b, 5, cfg.resampler.embedding_dim)).astype(np.float32),
+             "pose": np.zeros((b, 1, 8 * size, 8 * size, 3), np.float32)}
+    return cfg, params, batch
+
+
 def test_min_snr_weights_each_sample_by_its_timestep(monkeypatch):
     """train.snr_gamma: the loss is the per-sample noise MSE times min(SNR, gamma) / SNR, with SNR from the
     official sampler's linear betas (AnimateDiff's 0.00085-0.012) written out here; null keeps the plain mean."""
     from xdyna_jax.training import objective
 
-    cfg = tiny_models_config()
-    params = jax.tree.map(np.asarray, xdyna.init_params(cfg, jax.random.key(0), parts=["text_encoder", "resampler", "image_encoder"]))
-    b, lat = 6, cfg.vae.latent_channels
-    rs = np.random.default_rng(1)
-    batch = {"vae_moments": np.concatenate([rs.normal(size=(b, 2, 4, 4, lat)), np.full((b, 2, 4, 4, lat), -30.0)],
-                                           -1).astype(np.float32),
-             "clip_hidden": rs.normal(size=(b, 5, cfg.resampler.embedding_dim)).astype(np.float32),
-             "pose": np.zeros((b, 1, 32, 32, 3), np.float32)}
+    cfg, params, batch = _denoiser_inputs(b=6, size=4, seed=1)
     monkeypatch.setattr(xdyna, "denoise", lambda p, window, *a, **k: jnp.zeros_like(window))  # error = the noise
     rng = jax.random.key(7)
     d = objective.diffusion_inputs(params, batch, rng, cfg=cfg, image_dropout=0.0)
@@ -239,14 +246,8 @@ def test_max_timestep_bounds_the_drawn_timesteps(monkeypatch):
     schedule) by default; out of range, or set for the vae stage, it is a named error."""
     from xdyna_jax.training import objective
 
-    cfg = tiny_models_config()
-    params = jax.tree.map(np.asarray, xdyna.init_params(cfg, jax.random.key(0), parts=["text_encoder", "resampler", "image_encoder"]))
-    b, lat = 64, cfg.vae.latent_channels
-    rs = np.random.default_rng(2)
-    batch = {"vae_moments": np.concatenate([rs.normal(size=(b, 2, 2, 2, lat)), np.full((b, 2, 2, 2, lat), -30.0)],
-                                           -1).astype(np.float32),
-             "clip_hidden": rs.normal(size=(b, 5, cfg.resampler.embedding_dim)).astype(np.float32),
-             "pose": np.zeros((b, 1, 16, 16, 3), np.float32)}
+    cfg, params, batch = _denoiser_inputs(b=64, size=2, seed=2)
+    b = 64
     ts = lambda m: np.concatenate([np.asarray(objective.diffusion_inputs(  # noqa: E731
         params, batch, jax.random.key(k), cfg=cfg, image_dropout=0.0, max_timestep=m)["t"]) for k in range(4)])
     assert ts(1).tolist() == [0] * 4 * b

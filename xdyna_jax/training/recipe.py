@@ -17,8 +17,9 @@
 Each stage runs in its own process (one JAX runtime per stage, as a user would run them) and resumes on
 its own workdir: ``train.py`` restarts from the last checkpoint, and a stage whose bundle was written by the
 same command from its predecessor's bundle as it is now is skipped (a re-run predecessor makes the stages
-after it stale). ``--stages`` run in the order above, whatever order they are named in. Seeds are the configs' ``train.seed``; the data is a
-pure function of (seed, step), so a resumed stage sees the batches it would have seen.
+after it stale). ``--stages`` run in the order above, whatever order they are named in. Seeds are the
+configs' ``train.seed``; the data is a pure function of (seed, step), so a resumed stage sees the batches it
+would have seen.
 """
 from __future__ import annotations
 
