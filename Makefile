@@ -9,6 +9,10 @@ PIP    := $(PY) -m pip
 DEPS   := setup.cfg pyproject.toml
 
 PYTEST_ARGS ?=
+# pytest-xdist workers, one test file per worker at a time (--dist loadfile: a file's module fixtures are built
+# once). XLA compiles on one thread, so 2 workers overlap one test's compile with another's run on 2 cores.
+# PYTEST_WORKERS=0 runs in this process (for -x, -k and pdb).
+PYTEST_WORKERS ?= 2
 SAMPLE_ARGS ?=
 TEST_XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 
@@ -18,7 +22,7 @@ export PYTHONUNBUFFERED := 1
 
 help:
 	@echo "make sample        create .venv, pip install -e ., run sample.py (args: SAMPLE_ARGS=...)"
-	@echo "make test          create .venv, pip install -e '.[test,data,eval]', run pytest (args: PYTEST_ARGS=...)"
+	@echo "make test          create .venv, pip install -e '.[test,data,eval]', run pytest in 2 workers (args: PYTEST_ARGS=..., PYTEST_WORKERS=0 for one process)"
 	@echo "make install       only the package install;  make install-test: with the test extra"
 	@echo "make clean-venv    remove .venv"
 	@echo "make tiny-world    train the tiny world from nothing (data, vae, full, tune, export to weights/tiny_world; resumes; args: RECIPE_ARGS=...)"
@@ -28,8 +32,8 @@ sample: $(VENV)/.installed-sample
 
 # pytest's exit code 5 (no tests collected) fails like any other; make itself then exits 2.
 test: $(VENV)/.installed-test
-	@echo 'XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS)'
-	@rc=0; XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q --durations=15 $(PYTEST_ARGS) || rc=$$?; \
+	@echo 'XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)'
+	@rc=0; XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: FAILED: pytest collected no tests (exit code 5)" >&2; fi; \
 	exit $$rc
 
