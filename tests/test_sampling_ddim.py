@@ -10,9 +10,10 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 
-def _diffusers(steps):
+def _diffusers(steps, prediction_type="epsilon"):
     s = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                                beta_schedule="linear", steps_offset=1, clip_sample=False, set_alpha_to_one=True)
+                                beta_schedule="linear", steps_offset=1, clip_sample=False, set_alpha_to_one=True,
+                                prediction_type=prediction_type)
     s.set_timesteps(steps)
     return s
 
@@ -33,17 +34,17 @@ def test_x_dyna_timesteps_and_constants():
     assert abs(a[961] - 0.0024783) < 5e-7 and abs(a[1] - 0.998290) < 5e-6
 
 
-@pytest.mark.parametrize("steps", [25, 7])
-def test_every_step_matches_diffusers(steps):
-    ref = _diffusers(steps)
+@pytest.mark.parametrize("steps,prediction_type", [(25, "epsilon"), (7, "epsilon"), (25, "v_prediction")])
+def test_every_step_matches_diffusers(steps, prediction_type):
+    ref = _diffusers(steps, prediction_type)
     ours = make_schedule(steps)
     rng = np.random.default_rng(steps)
     x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
     x_ref = torch.from_numpy(x.copy())
     for i, t in enumerate(ref.timesteps):
-        eps = rng.standard_normal(x.shape).astype(np.float32)
+        eps = rng.standard_normal(x.shape).astype(np.float32)  # the model's output: the noise, or v
         x_ref = ref.step(torch.from_numpy(eps), t, x_ref, eta=0.0).prev_sample
-        x = np.asarray(ddim_step(ours, i, x, eps))
+        x = np.asarray(ddim_step(ours, i, x, eps, prediction_type))
         # x0 divides by sqrt(alpha-bar) ~ 0.05 at the first step: compare relative to the magnitude
         scale = max(1.0, float(np.abs(x_ref.numpy()).max()))
         np.testing.assert_allclose(x, x_ref.numpy(), rtol=0, atol=2e-6 * scale, err_msg=f"step {i} (t={int(t)})")
@@ -95,3 +96,8 @@ def test_strength_out_of_range_raises():
     for bad in (0.0, -0.5, 1.5):
         with pytest.raises(ValueError, match="strength"):
             make_schedule(25, strength=bad)
+
+
+def test_unknown_prediction_type_is_a_named_error():
+    with pytest.raises(ValueError, match="prediction_type"):
+        ddim_step(make_schedule(5), 0, np.zeros((1, 2)), np.zeros((1, 2)), "sample")

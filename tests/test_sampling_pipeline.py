@@ -132,7 +132,7 @@ def official_windows(n, offset):
 
 
 def reference_sample(params, models, ref_latent, text_states, uncond_text_states, image_tokens,
-                     uncond_image_tokens, pose, face, draws, steps, scale, strength=1.0):
+                     uncond_image_tokens, pose, face, draws, steps, scale, strength=1.0, prediction_type="epsilon"):
     denoise = jax.jit(functools.partial(xdyna.denoise, cfg=models))
     betas = np.linspace(0.00085, 0.012, 1000)
     ac = np.cumprod(1.0 - betas)
@@ -162,7 +162,12 @@ def reference_sample(params, models, ref_latent, text_states, uncond_text_states
             eps = eps[0] + scale * (eps[1] - eps[0])
             a_t = ac[t]
             a_prev = ac[t - ratio] if t - ratio >= 0 else 1.0
-            x0 = (x - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t)
+            if prediction_type == "v_prediction":  # the output is v: diffusers' DDIMScheduler.step
+                v = eps
+                x0 = np.sqrt(a_t) * x - np.sqrt(1 - a_t) * v
+                eps = np.sqrt(1 - a_t) * x + np.sqrt(a_t) * v
+            else:
+                x0 = (x - np.sqrt(1 - a_t) * eps) / np.sqrt(a_t)
             x = np.sqrt(a_prev) * x0 + np.sqrt(1 - a_prev) * eps
         out.append(x)
     return np.stack(out)
@@ -218,6 +223,17 @@ def test_strength_runs_the_official_tail_from_a_less_noised_reference(params, mo
     assert err <= TOL, f"max abs error {err:.3g}"
     with pytest.raises(ValueError, match="draws.offsets"):  # offsets of every step, not of the kept ones
         sample_latents(params, **inputs, draws=draws, models=models, config=cfg)
+
+
+def test_v_prediction_model_takes_the_v_step(params, models, inputs, draws, ours):
+    """models.unet.prediction_type=v_prediction: the same networks' output read as v in every DDIM step."""
+    vmodels = dataclasses.replace(models, unet=dataclasses.replace(models.unet, prediction_type="v_prediction"))
+    got = np.asarray(sample_latents(params, **inputs, draws=draws, models=vmodels, config=_cfg()))
+    want = reference_sample(params, vmodels, uncond_text_states=inputs["text_states"], draws=draws,
+                            steps=STEPS, scale=7.5, prediction_type="v_prediction", **inputs)
+    err = np.abs(got - want).max()
+    assert err <= TOL, f"max abs error {err:.3g}"
+    assert np.abs(got - ours).max() > 1e-1  # not the epsilon sampler's result
 
 
 def test_sampler_with_different_uncond_text_matches_official_loop(params, models, inputs, draws):

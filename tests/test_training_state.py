@@ -241,6 +241,36 @@ def test_min_snr_weights_each_sample_by_its_timestep(monkeypatch):
         train_config.load(CONFIGS / "train_tiny.yaml", ["train.snr_gamma=0"])
 
 
+def test_v_prediction_loss_targets_v(monkeypatch):
+    """models.unet.prediction_type=v_prediction: the loss is the per-sample MSE against
+    v = sqrt(a) eps - sqrt(1 - a) x0 (x0: the stored latent means times the VAE's scaling factor, written out
+    here), with the Min-SNR weights min(SNR, gamma) / (SNR + 1); any other name is a named config error."""
+    import dataclasses
+
+    from xdyna_jax.training import objective
+
+    cfg, params, batch = _denoiser_inputs(b=6, size=4, seed=3)
+    cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, prediction_type="v_prediction"))
+    monkeypatch.setattr(xdyna, "denoise", lambda p, window, *a, **k: jnp.zeros_like(window))  # error = v
+    rng = jax.random.key(8)
+    d = objective.diffusion_inputs(params, batch, rng, cfg=cfg, image_dropout=0.0)
+    t, noise = np.asarray(d["t"]), np.asarray(d["noise"], np.float64)
+    lat = cfg.vae.latent_channels
+    x0 = batch["vae_moments"][:, 1:, ..., :lat].astype(np.float64) * cfg.vae.scaling_factor
+    abar = np.cumprod(1 - np.linspace(0.00085, 0.012, 1000, dtype=np.float64))[t]
+    a = abar[:, None, None, None, None]
+    per = ((np.sqrt(a) * noise - np.sqrt(1 - a) * x0) ** 2).mean(axis=(1, 2, 3, 4))
+    snr = abar / (1 - abar)
+    want = np.mean(np.minimum(snr, 5.0) / (snr + 1) * per)
+    got = float(objective.diffusion_loss(params, batch, rng, cfg=cfg, snr_gamma=5.0))
+    assert abs(got - want) < 1e-5 * want
+    assert abs(float(objective.diffusion_loss(params, batch, rng, cfg=cfg)) - per.mean()) < 1e-5 * per.mean()
+    eps_loss = float(objective.diffusion_loss(params, batch, rng, cfg=tiny_models_config()))
+    assert abs(eps_loss - per.mean()) > 1e-2 * per.mean()  # the epsilon model's target is another one
+    with pytest.raises(UserError, match="prediction_type"):
+        train_config.load(CONFIGS / "train_tiny.yaml", ["models.unet.prediction_type=x0"])
+
+
 def test_max_timestep_bounds_the_drawn_timesteps(monkeypatch):
     """train.max_timestep: t ~ U{0 .. max_timestep - 1}, reaching through objective.loss; 1000 (all of the
     schedule) by default; out of range, or set for the vae stage, it is a named error."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal, Mapping
 
+PredictionType = Literal["epsilon", "v_prediction"]
 AttentionBackend = Literal["xla", "cudnn"]
 DType = Literal["float32", "bfloat16", "float16"]
 Attn1Mode = Literal["default", "mixed_cross", "first_cross"]
@@ -109,6 +110,9 @@ class UNet3DConfig:
     motion_module_mid_block: bool = False
     motion_module_decoder_only: bool = False
     motion_module_kwargs: MotionConfig = MotionConfig()
+    # What the output means: the noise (X-Dyna's and SD1.5's "epsilon"), or v = sqrt(a) eps - sqrt(1 - a) x0
+    # ("v_prediction", Salimans & Ho 2022). The training loss and the DDIM sampler read it.
+    prediction_type: PredictionType = "epsilon"
     # compute / memory knobs (not part of the official config)
     dtype: DType = "float32"
     param_dtype: DType = "float32"

@@ -1,4 +1,4 @@
-"""A functional DDIM scheduler (eta = 0, epsilon prediction): its whole state is one pytree.
+"""A functional DDIM scheduler (eta = 0; epsilon or v prediction): its whole state is one pytree.
 
 The official sampler uses diffusers' ``DDIMScheduler`` with ``configs/x_dyna.yaml`` (spec §1.5):
 1000 train steps, *linear* betas 0.00085 -> 0.012, ``steps_offset=1``, ``set_alpha_to_one=True``,
@@ -88,15 +88,24 @@ def add_noise(sched: DDIMSchedule, x0, noise, t) -> jax.Array:
     return jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * noise
 
 
-def ddim_step(sched: DDIMSchedule, i, sample, eps) -> jax.Array:
+def ddim_step(sched: DDIMSchedule, i, sample, model_output, prediction_type: str = "epsilon") -> jax.Array:
     """One deterministic DDIM step (eta = 0) from ``timesteps[i]`` to ``prev_timesteps[i]``.
 
+    ``model_output`` is the noise (``prediction_type="epsilon"``) or v (``"v_prediction"``, then
+    x0 = sqrt(a_t) x - sqrt(1 - a_t) v and eps = sqrt(1 - a_t) x + sqrt(a_t) v).
     x0 = (x - sqrt(1 - a_t) eps) / sqrt(a_t);  x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps.
-    No clipping or thresholding (``clip_sample=False``). Computed in float32 whatever ``eps`` is.
+    No clipping or thresholding (``clip_sample=False``). Computed in float32 whatever the output's dtype.
     """
     a_t = alpha_cumprod(sched, sched.timesteps[i])
     a_prev = alpha_cumprod(sched, sched.prev_timesteps[i])
     sample = jnp.asarray(sample, jnp.float32)
-    eps = jnp.asarray(eps, jnp.float32)
-    x0 = (sample - jnp.sqrt(1.0 - a_t) * eps) / jnp.sqrt(a_t)
+    out = jnp.asarray(model_output, jnp.float32)
+    if prediction_type == "epsilon":
+        eps = out
+        x0 = (sample - jnp.sqrt(1.0 - a_t) * eps) / jnp.sqrt(a_t)
+    elif prediction_type == "v_prediction":
+        x0 = jnp.sqrt(a_t) * sample - jnp.sqrt(1.0 - a_t) * out
+        eps = jnp.sqrt(1.0 - a_t) * sample + jnp.sqrt(a_t) * out
+    else:
+        raise ValueError(f"prediction_type must be epsilon or v_prediction, got {prediction_type!r}")
     return jnp.sqrt(a_prev) * x0 + jnp.sqrt(1.0 - a_prev) * eps

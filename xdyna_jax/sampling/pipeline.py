@@ -178,7 +178,7 @@ def _denoise_loop(params, sched: DDIMSchedule, guidance_scale, conditioning_scal
             eps = eps[:, :, 0] + guidance_scale * (eps[:, :, 1] - eps[:, :, 0])
         else:
             eps = eps[:, :, 0]
-        x = ddim_step(sched, i, x, eps)
+        x = ddim_step(sched, i, x, eps, models.unet.prediction_type)  # eps: the UNet's output (or v)
         if on_step is not None:  # host progress; depends on x so it fires when the step is done
             jax.debug.callback(on_step, i, jnp.sum(x[:1, :1, :1, :1, :1]))
         return x, None

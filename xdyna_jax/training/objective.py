@@ -1,4 +1,4 @@
-"""The training objectives: X-Dyna's epsilon-prediction MSE, and the VAE's reconstruction + KL.
+"""The training objectives: X-Dyna's epsilon-prediction MSE (or v), and the VAE's reconstruction + KL.
 
 Diffusion (spec §8, the training-time ``ModelWrapper``): a window of 1+F latents whose frame 0 is the
 clean reference latent (never noised, no loss on it); frames 1..F are noised by the DDPM forward process
@@ -69,27 +69,36 @@ def diffusion_inputs(params, batch, rng, *, cfg, image_dropout: float, max_times
     drop = jax.random.uniform(k_drop, (b,)) < image_dropout
     tokens = jnp.where(drop[:, None, None], uncond.astype(tokens.dtype), tokens)
     face = batch.get("face") if cfg.face_controlnet is not None else None
-    return dict(window=jnp.concatenate([ref, noisy], axis=1), t=t, noise=noise, text=text, tokens=tokens,
+    return dict(window=jnp.concatenate([ref, noisy], axis=1), t=t, noise=noise, x0=x0, text=text, tokens=tokens,
                 pose=batch["pose"], face=face, dropped=drop)
 
 
 def diffusion_loss(params, batch, rng, *, cfg, image_dropout: float = 0.0, snr_gamma: float | None = None,
                    max_timestep: int = NUM_TRAIN_TIMESTEPS):
-    """Mean squared error of the predicted noise on frames 1..F (frame 0, the reference, has no loss).
+    """Mean squared error of the UNet's output on frames 1..F (frame 0, the reference, has no loss) against
+    the noise, or against v = sqrt(a) eps - sqrt(1 - a) x0 when ``cfg.unet.prediction_type`` is v_prediction.
 
-    ``snr_gamma``: Min-SNR-gamma weighting (Hang et al. 2023, for epsilon prediction): each sample's error
-    times ``min(SNR(t), gamma) / SNR(t)``, so the nearly clean timesteps, which dominate the plain loss,
-    stop crowding out the noisy ones where the layout is decided.
+    ``snr_gamma``: Min-SNR-gamma weighting (Hang et al. 2023): each sample's error times
+    ``min(SNR(t), gamma) / SNR(t)`` for epsilon, ``min(SNR(t), gamma) / (SNR(t) + 1)`` for v (the same weight
+    on the implied x0 error), so the nearly clean timesteps, which dominate the plain epsilon loss, stop
+    crowding out the noisy ones where the layout is decided.
     ``max_timestep``: t is drawn below it (``train.max_timestep``).
     """
     d = diffusion_inputs(params, batch, rng, cfg=cfg, image_dropout=image_dropout, max_timestep=max_timestep)
-    eps = xdyna.denoise(params, d["window"], d["t"], d["text"], d["tokens"], d["pose"], d["face"], cfg=cfg)
-    sq = jnp.square(eps[:, 1:].astype(jnp.float32) - d["noise"])
+    out = xdyna.denoise(params, d["window"], d["t"], d["text"], d["tokens"], d["pose"], d["face"], cfg=cfg)
+    a = alphas_cumprod()[d["t"]]
+    v_pred = cfg.unet.prediction_type == "v_prediction"
+    if v_pred:
+        ab = a[:, None, None, None, None]
+        target = jnp.sqrt(ab) * d["noise"] - jnp.sqrt(1.0 - ab) * d["x0"]
+    else:
+        target = d["noise"]
+    sq = jnp.square(out[:, 1:].astype(jnp.float32) - target)
     if snr_gamma is None:
         return jnp.mean(sq)
-    a = alphas_cumprod()[d["t"]]
     snr = a / (1.0 - a)
-    return jnp.mean(jnp.minimum(snr, snr_gamma) / snr * jnp.mean(sq, axis=tuple(range(1, sq.ndim))))
+    weight = jnp.minimum(snr, snr_gamma) / (snr + 1.0 if v_pred else snr)
+    return jnp.mean(weight * jnp.mean(sq, axis=tuple(range(1, sq.ndim))))
 
 
 def vae_loss(params, batch, rng, *, cfg, kl_weight: float, perceptual_weight: float = 0.0,
