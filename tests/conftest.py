@@ -34,3 +34,14 @@ def examples_dir(shared_dir: Path) -> Path:
     if not path.is_dir():
         pytest.skip(f"example data not found at {path}")
     return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _drop_compiled_programs():
+    """After each test file, drop JAX's compiled programs and traces: a process running many files (one
+    pytest-xdist worker of `make test`) otherwise keeps every file's executables and grew to ~8 GB."""
+    yield
+    import gc
+
+    jax.clear_caches()
+    gc.collect()
