@@ -23,7 +23,7 @@ export PYTHONUNBUFFERED := 1
 
 help:
 	@echo "make sample        create .venv, pip install -e ., run sample.py (args: SAMPLE_ARGS=...)"
-	@echo "make test          create .venv, pip install -e '.[test,data,eval]', run pytest in 2 workers (args: PYTEST_ARGS=..., PYTEST_WORKERS=0 for one process)"
+	@echo "make test          create .venv, pip install -e '.[test,data,eval]', run pytest (2 workers with 20 GB of memory or more; args: PYTEST_ARGS=..., PYTEST_WORKERS=0 for one process)"
 	@echo "make install       only the package install;  make install-test: with the test extra"
 	@echo "make clean-venv    remove .venv"
 	@echo "make tiny-world    train the tiny world from nothing (data, vae, full, tune, export to weights/tiny_world; resumes; args: RECIPE_ARGS=...)"
