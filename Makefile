@@ -57,7 +57,7 @@ $(VENV)/.installed-test: $(DEPS) | $(PY)
 # The test install: the world draws with OpenCV (the data extra).
 RECIPE_ARGS ?=
 tiny-world: $(VENV)/.installed-test
-	$(PY) -m xdyna_jax.training.recipe $(RECIPE_ARGS)
+	$(PY) -m xdyna_jax.world.recipe $(RECIPE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

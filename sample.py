@@ -95,10 +95,13 @@ def main(argv=None) -> int:
     elif args.reference:
         jobs = [jobs_lib.make_job(args.reference, pose=args.pose, driving=args.driving)]
     elif world:
-        from xdyna_jax.sampling.default import default_jobs
+        from xdyna_jax.porting.bundle import load_weights
+        from xdyna_jax.world.jobs import default_jobs
 
+        world_params, world_models = load_weights(TINY_WORLD)
         where = EXAMPLES if EXAMPLES.is_dir() else None
-        jobs, inputs = default_jobs(where, cfg.sample.frames, cfg.sample.stride, cfg.sample.height, cfg.sample.width)
+        jobs, inputs = default_jobs(where, cfg.sample.frames, cfg.sample.stride, cfg.sample.height, cfg.sample.width,
+                                    face=world_models.face_controlnet is not None)
     else:
         where = EXAMPLES if EXAMPLES.is_dir() else None
         jobs = run.default_inputs(where, out / "default_inputs", cfg.sample.height, cfg.sample.width,
@@ -114,9 +117,7 @@ def main(argv=None) -> int:
 
         cfg = dataclasses.replace(cfg, models=models)
     elif world:
-        from xdyna_jax.training.recipe import load_weights
-
-        params, models = load_weights(TINY_WORLD)
+        params, models = world_params, world_models
         import dataclasses
 
         cfg = dataclasses.replace(cfg, models=models)

@@ -43,9 +43,15 @@ def main(argv=None) -> int:
     if distributed:
         distributed_initialize(jax)
     from xdyna_jax.training import loop
+    from xdyna_jax.world.source import make_source  # the tiny world's sources (data.source synthetic / pool)
 
+    evaluator = None
+    if run.train.eval_every > 0 and run.data.source != "dataset" and run.train.stage != "vae":
+        from xdyna_jax.world.probe import make_probe  # one-step x0 on held-out world clips
+
+        evaluator = make_probe
     try:
-        summary = loop.train(run, workdir)
+        summary = loop.train(run, workdir, source=make_source, evaluator=evaluator)
     except loop.NonFiniteLoss as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 1

@@ -55,6 +55,7 @@ from xdyna_jax import config as config_lib  # noqa: E402
 from xdyna_jax.models import ModelsConfig, attention, xdyna  # noqa: E402
 from xdyna_jax.sharding import MeshConfig, make_mesh  # noqa: E402
 from xdyna_jax.training import config as train_config, loop, state as st, step as sp  # noqa: E402
+from xdyna_jax.world.source import SyntheticSource  # noqa: E402
 
 GiB = common.GiB
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -144,7 +145,7 @@ def tiny(args) -> list[dict]:
         mesh = make_mesh(run.mesh, loop.mesh_devices(run.mesh))
         models = st.models_for_training(run)
         state = st.init_state(run, mesh, loop.initial_params(run, mesh))  # seeded numpy values, no init program
-        raw = loop.SyntheticSource(run).batch(0)  # one batch for every step: the data source is not timed
+        raw = SyntheticSource(run).batch(0)  # one batch for every step: the data source is not timed
         batch = host_local_to_global(loop.prepare_batch(raw, models, t, default_image_processor(
             run.models.image_encoder.image_size)), mesh)
         compiled, compile_s = compile_once(run, models, mesh, state, batch)

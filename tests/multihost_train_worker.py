@@ -20,7 +20,8 @@ assert jax.process_count() == 2 and jax.device_count() == 8 and jax.local_device
 
 from xdyna_jax.training import config as train_config  # noqa: E402
 from xdyna_jax.training import loop  # noqa: E402
+from xdyna_jax.world.source import make_source  # noqa: E402
 
 for steps, save_every in ((2, 1), (3, 1), (10**6, 10**6)):
     run = train_config.load(train.DEFAULT_CONFIG, [*overrides, f"train.steps={steps}", f"train.save_every={save_every}"])
-    loop.train(run, workdir, out=lambda line: print(f"process {jax.process_index()}: {line}", flush=True))
+    loop.train(run, workdir, out=lambda line: print(f"process {jax.process_index()}: {line}", flush=True), source=make_source)

@@ -14,7 +14,7 @@ skimage = pytest.importorskip("skimage")
 cv2 = pytest.importorskip("cv2")
 
 from xdyna_jax.cli import UserError  # noqa: E402
-from xdyna_jax.eval import extras  # noqa: E402
+from xdyna_jax import extras  # noqa: E402
 from xdyna_jax.eval.frames import PSNR_CAP, frame_scores  # noqa: E402
 
 

@@ -101,3 +101,30 @@ def test_strength_out_of_range_raises():
 def test_unknown_prediction_type_is_a_named_error():
     with pytest.raises(ValueError, match="prediction_type"):
         ddim_step(make_schedule(5), 0, np.zeros((1, 2)), np.zeros((1, 2)), "sample")
+
+
+@pytest.mark.parametrize("steps", [25, 10])
+def test_zero_terminal_snr_and_trailing_spacing_match_diffusers(steps):
+    """Lin et al. 2023's options: diffusers' ``rescale_betas_zero_snr`` and ``timestep_spacing="trailing"``."""
+    ref = diffusers.DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                                  beta_schedule="linear", clip_sample=False, set_alpha_to_one=True,
+                                  prediction_type="v_prediction", rescale_betas_zero_snr=True,
+                                  timestep_spacing="trailing")
+    ref.set_timesteps(steps)
+    ours = make_schedule(steps, rescale_zero_snr=True, timestep_spacing="trailing")
+    np.testing.assert_array_equal(np.asarray(ours.timesteps), ref.timesteps.numpy())
+    np.testing.assert_allclose(np.asarray(ours.alphas_cumprod), ref.alphas_cumprod.numpy(), rtol=2e-5, atol=1e-9)
+    assert float(ours.alphas_cumprod[999]) == 0.0 and int(ours.timesteps[0]) == 999
+    rng = np.random.default_rng(steps)
+    x = rng.standard_normal((2, 3, 4, 4)).astype(np.float32)
+    x_ref = torch.from_numpy(x.copy())
+    for i, t in enumerate(ref.timesteps):
+        v = rng.standard_normal(x.shape).astype(np.float32)
+        x_ref = ref.step(torch.from_numpy(v), t, x_ref, eta=0.0).prev_sample
+        x = np.asarray(ddim_step(ours, i, x, v, "v_prediction"))
+        np.testing.assert_allclose(x, x_ref.numpy(), atol=2e-5, err_msg=f"step {i} (t={int(t)})")
+
+
+def test_unknown_spacing_is_a_named_error():
+    with pytest.raises(ValueError, match="timestep_spacing"):
+        make_schedule(25, timestep_spacing="linspace")

@@ -132,12 +132,18 @@ def official_windows(n, offset):
 
 
 def reference_sample(params, models, ref_latent, text_states, uncond_text_states, image_tokens,
-                     uncond_image_tokens, pose, face, draws, steps, scale, strength=1.0, prediction_type="epsilon"):
+                     uncond_image_tokens, pose, face, draws, steps, scale, strength=1.0, prediction_type="epsilon",
+                     zero_snr=False, trailing=False, guidance_rescale=0.0):
     denoise = jax.jit(functools.partial(xdyna.denoise, cfg=models))
     betas = np.linspace(0.00085, 0.012, 1000)
     ac = np.cumprod(1.0 - betas)
+    if zero_snr:  # Lin et al. 2023, Algorithm 1, on sqrt(alpha-bar): last -> 0, first kept
+        r = np.sqrt(ac)
+        ac = ((r - r[-1]) * r[0] / (r[0] - r[-1])) ** 2
     ratio = 1000 // steps
     timesteps = np.arange(steps)[::-1] * ratio + 1
+    if trailing:  # diffusers' "trailing": round(arange(T, 0, -T / steps)) - 1
+        timesteps = np.round(np.arange(1000, 0, -1000 / steps)).astype(int) - 1
     timesteps = timesteps[steps - min(int(steps * strength), steps):]  # the official get_timesteps
     out = []
     for b in range(ref_latent.shape[0]):
@@ -159,7 +165,10 @@ def reference_sample(params, models, ref_latent, text_states, uncond_text_states
                 acc[:, c] += np.asarray(eps, np.float64)[:, 1:]
                 count[c] += 1
             eps = acc / count[None, :, None, None, None]
+            cond = eps[1]
             eps = eps[0] + scale * (eps[1] - eps[0])
+            if guidance_rescale:  # diffusers' rescale_noise_cfg, over every element of the job's output
+                eps = guidance_rescale * eps * cond.std() / eps.std() + (1 - guidance_rescale) * eps
             a_t = ac[t]
             a_prev = ac[t - ratio] if t - ratio >= 0 else 1.0
             if prediction_type == "v_prediction":  # the output is v: diffusers' DDIMScheduler.step
@@ -234,6 +243,23 @@ def test_v_prediction_model_takes_the_v_step(params, models, inputs, draws, ours
     err = np.abs(got - want).max()
     assert err <= TOL, f"max abs error {err:.3g}"
     assert np.abs(got - ours).max() > 1e-1  # not the epsilon sampler's result
+
+
+def test_zero_snr_trailing_and_guidance_rescale_match_the_reference(params, models, inputs, draws):
+    """A v model on betas rescaled to zero terminal SNR, sampled with trailing timesteps (the first at t = 999,
+    pure noise) and guidance rescale 0.7: the numpy loop with Lin et al.'s formulas written out."""
+    vmodels = dataclasses.replace(models, unet=dataclasses.replace(models.unet, prediction_type="v_prediction",
+                                                                   rescale_betas_zero_snr=True))
+    cfg = _cfg(timestep_spacing="trailing", guidance_rescale=0.7)
+    got = np.asarray(sample_latents(params, **inputs, draws=draws, models=vmodels, config=cfg))
+    want = reference_sample(params, vmodels, uncond_text_states=inputs["text_states"], draws=draws, steps=STEPS,
+                            scale=7.5, prediction_type="v_prediction", zero_snr=True, trailing=True,
+                            guidance_rescale=0.7, **inputs)
+    err = np.abs(got - want).max()
+    assert err <= TOL, f"max abs error {err:.3g}"
+    plain = np.asarray(sample_latents(params, **inputs, draws=draws, models=vmodels,
+                                      config=_cfg(timestep_spacing="trailing")))
+    assert np.abs(got - plain).max() > 1e-2  # the rescale did something
 
 
 def test_sampler_with_different_uncond_text_matches_official_loop(params, models, inputs, draws):

@@ -1,5 +1,5 @@
-"""The tiny world (training/world.py) and its recipe (training/recipe.py): properties of the drawn clips,
-the held-out split by construction, and the recipe's first stage at a shortened length."""
+"""The tiny world (world/generator.py) and its recipe (world/recipe.py): properties of the drawn clips,
+the held-out split by construction, the exact figure masks, and the recipe's first stage at a shortened length."""
 from __future__ import annotations
 
 import dataclasses
@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from helpers import CONFIGS, REPO_ROOT
-from xdyna_jax.training import world
-from xdyna_jax.training.synthetic import synthetic_batch
+from xdyna_jax.world import generator as world
+from xdyna_jax.world.source import synthetic_batch
 
 H = W = 64
 
@@ -102,12 +102,12 @@ def test_face_landmarks_follow_the_mouth_and_eyes():
 
 
 def test_the_recipe_first_stage_runs_shortened_and_is_skipped_when_re_run(tmp_path):
-    """``python -m xdyna_jax.training.recipe --stages vae`` with a 16-channel VAE at 32x32 for 2 steps."""
+    """``python -m xdyna_jax.world.recipe --stages vae`` with a 16-channel VAE at 32x32 for 2 steps."""
     short = ["train.steps=2", "train.save_every=1", "train.log_every=1", "train.batch_size=2", "train.height=32",
              "train.width=32", "train.warmup_steps=0", "train.init=random",
              "train.he_init=[]", "train.vae_logvar_init=null",  # both rescale the models' own init, skipped here
              "models.vae.block_out_channels=[16,16,16,16]"]
-    cmd = [sys.executable, "-m", "xdyna_jax.training.recipe", "--workdir", str(tmp_path / "runs"),
+    cmd = [sys.executable, "-m", "xdyna_jax.world.recipe", "--workdir", str(tmp_path / "runs"),
            "--stages", "vae"] + [a for o in short for a in ("--vae", o)]
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as `make tiny-world` runs
     env["PYTHONPATH"] = str(REPO_ROOT)
@@ -126,47 +126,43 @@ def test_the_recipe_first_stage_runs_shortened_and_is_skipped_when_re_run(tmp_pa
 
 
 def test_the_recipe_runs_its_stages_in_order(tmp_path, monkeypatch):
-    """vae -> full -> tune -> export, whatever order --stages names them in: a stage whose predecessor has not
-    finished is a named error; the tune stage starts from the full stage's bundle at the latent scale that
-    stage trained with; a stage is stale once its predecessor has been re-run; the export reads the tune one."""
-    from helpers import tiny_models_config
-    from xdyna_jax import config as config_lib
+    """vae -> full -> export, whatever order --stages names them in: a stage whose predecessor has not finished
+    is a named error; the full stage starts from the vae bundle at the latent scale measured on it; a stage is
+    stale once its predecessor has been re-run."""
     from xdyna_jax.cli import UserError
-    from xdyna_jax.training import recipe
+    from xdyna_jax.world import recipe
 
-    assert recipe.STAGES == ("vae", "full", "tune", "export")
+    assert recipe.STAGES == ("vae", "full", "export")
     argv = ["--workdir", str(tmp_path), "--out", str(tmp_path / "w"), "--stages"]
-    for stage, missing, prev in [("full", "vae_bundle", "vae"), ("tune", "full_bundle", "full"),
-                                 ("export", "tune_bundle", "tune"), ("tune,full", "vae_bundle", "vae")]:
+    for stage, missing, prev in [("full", "vae_bundle", "vae"), ("export", "full_bundle", "full"),
+                                 ("export,full", "vae_bundle", "vae")]:
         with pytest.raises(UserError, match=rf"--stages {stage.split(',')[-1]}: .*{missing} is not finished "
                                             rf"\(run the {prev} stage first\)"):
             recipe.main(argv + [stage])
-    # a finished full stage whose models were trained at latent scale 0.77: tune runs from it at 0.77
-    full = tmp_path / "full_bundle"
-    full.mkdir()
-    cfg = tiny_models_config()
-    cfg = dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, scaling_factor=0.77))
-    (full / "config.yaml").write_text(yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
-    (full / recipe.STAMP).write_text(json.dumps({"command": ["x"], "seconds": 1.0, "after": None}))
+    # a finished vae stage whose latent scale was measured as 0.77: full runs from it at 0.77
+    vae = tmp_path / "vae_bundle"
+    vae.mkdir()
+    (vae / "latent_scale.json").write_text(json.dumps({"scaling_factor": 0.77}))
+    (vae / recipe.STAMP).write_text(json.dumps({"command": ["x"], "seconds": 1.0, "after": None}))
     ran = []
     monkeypatch.setattr(recipe, "run_stage", lambda name, cmd, bundle, out=print, after=None:
                         ran.append((name, cmd, bundle, after)))
-    recipe.main(argv + ["tune", "--tune", "train.steps=3"])
-    ((name, tune, bundle, after),) = ran
-    assert name == "tune" and bundle == tmp_path / "tune_bundle" and after == {"command": ["x"], "seconds": 1.0,
+    recipe.main(argv + ["full", "--full", "train.steps=3"])
+    ((name, full, bundle, after),) = ran
+    assert name == "full" and bundle == tmp_path / "full_bundle" and after == {"command": ["x"], "seconds": 1.0,
                                                                               "after": None}
-    assert tune[tune.index("--config") + 1].endswith("train_world_tune.yaml")
-    assert tune[tune.index("--export") + 1] == str(tmp_path / "tune_bundle")
-    assert f"train.init={full}" in tune and "models.vae.scaling_factor=0.77" in tune and tune[-1] == "train.steps=3"
+    assert full[full.index("--config") + 1].endswith("train_world_full.yaml")
+    assert full[full.index("--export") + 1] == str(tmp_path / "full_bundle")
+    assert f"train.init={vae}" in full and "models.vae.scaling_factor=0.77" in full and full[-1] == "train.steps=3"
     # the stamp ties a finished stage to its predecessor's stamp
-    (tmp_path / "tune_bundle").mkdir()
-    (tmp_path / "tune_bundle" / recipe.STAMP).write_text(json.dumps({"command": tune[1:], "after": after}))
-    assert recipe._done(tmp_path / "tune_bundle", tune, after)
-    assert not recipe._done(tmp_path / "tune_bundle", tune, {**after, "seconds": 2.0})  # full was re-run
-    assert not recipe._done(tmp_path / "tune_bundle", tune[:-1], after)  # other overrides
+    (tmp_path / "full_bundle").mkdir()
+    (tmp_path / "full_bundle" / recipe.STAMP).write_text(json.dumps({"command": full[1:], "after": after}))
+    assert recipe._done(tmp_path / "full_bundle", full, after)
+    assert not recipe._done(tmp_path / "full_bundle", full, {**after, "seconds": 2.0})  # vae was re-run
+    assert not recipe._done(tmp_path / "full_bundle", full[:-1], after)  # other overrides
 
 
-def test_the_world_configs_load_and_train_the_resampler():
+def test_the_world_configs_load_and_train_pose_only_x_dyna_at_zero_terminal_snr():
     from xdyna_jax.training import config as train_config
 
     vae = train_config.load(CONFIGS / "train_world_vae.yaml")
@@ -178,18 +174,38 @@ def test_the_world_configs_load_and_train_the_resampler():
 
     with pytest.raises(UserError, match="data.split"):
         train_config.load(CONFIGS / "train_world_full.yaml", ["data.split=val"])
-    # the tune stage: the same networks and data; its timesteps cover every one the embedded sampler visits
-    # (leading spacing by hand: 25 steps are 961, 921, ..., 1, and strength s keeps the last int(25 s))
-    tune = train_config.load(CONFIGS / "train_world_tune.yaml")
-    assert tune.models == full.models and tune.train.stage == full.train.stage and tune.data == full.data
-    assert tune.train.ema_decay > 0
+    m = full.models
+    assert m.face_controlnet is None and m.unet.prediction_type == "v_prediction" and m.unet.rescale_betas_zero_snr
+    # 8 groups: no GroupNorm of the denoiser normalises a single channel (32-channel levels: 4 per group)
+    assert {m.unet.norm_num_groups, m.unet.motion_module_kwargs.norm_num_groups, m.pose_controlnet.norm_num_groups} == {8}
+    assert min(m.unet.block_out_channels) // 8 >= 4
+    assert full.data.source == "pool" and full.train.ema_decay > 0 and full.train.timestep_shift > 1
+    # the embedded sampler starts from pure noise at the schedule's last step, where training's noisiest is
     raw = yaml.safe_load((CONFIGS / "sample_tiny_world.yaml").read_text())["sample"]
-    steps, strength = raw["steps"], raw["strength"]
-    first = list(range(1, 1000, 1000 // steps))[::-1][steps - int(steps * strength)]
+    assert raw["strength"] == 1.0 and raw["timestep_spacing"] == "trailing"
     from xdyna_jax.sampling.ddim import make_schedule
 
-    assert first == 441 == int(make_schedule(steps, strength=strength).timesteps[0])
-    assert first < tune.train.max_timestep <= 1000
+    sched = make_schedule(raw["steps"], timestep_spacing="trailing", rescale_zero_snr=True)
+    assert int(sched.timesteps[0]) == 999 and float(sched.alphas_cumprod[999]) == 0.0
+
+
+def test_a_figure_mask_is_exactly_the_pixels_the_figure_changed():
+    """``truth=True`` adds exact masks and background plates and draws nothing else differently."""
+    for split in ("train", "test"):
+        a = world.world_clip(4, 2, 3, 96, 96, 0.0, split)
+        b = world.world_clip(4, 2, 3, 96, 96, 0.0, split, truth=True)
+        for k in ("frames", "pose", "face"):
+            np.testing.assert_array_equal(a[k], b[k])
+        changed = (b["frames"] != b["plates"]).any(-1)
+        assert b["masks"].shape == changed.shape == (4, 96, 96)
+        assert not (changed & ~b["masks"]).any()  # nothing outside the mask was drawn on
+        # inside it, only pixels whose figure colour equals the background's stay unchanged: a handful
+        assert (b["masks"] & ~changed).sum() < 0.01 * b["masks"].sum()
+        assert 0.03 < b["masks"].mean() < 0.5
+    te = world.world_clip(4, 2, 3, 96, 96, 0.0, "test", truth=True)
+    np.testing.assert_array_equal(te["plates"][0], te["plates"][1])  # the reference is frame 1, its plate too
+    scene = world.world_clip(1, 0, 2, 32, 32, 1.0, truth=True)
+    assert not scene["masks"].any() and np.array_equal(scene["plates"], scene["frames"])
 
 
 def test_the_export_is_bf16_official_files_that_convert_back_to_the_bundle(tmp_path):
@@ -200,7 +216,8 @@ def test_the_export_is_bf16_official_files_that_convert_back_to_the_bundle(tmp_p
     from xdyna_jax import config as config_lib
     from xdyna_jax.models import xdyna
     from xdyna_jax.porting.bundle import save_bundle
-    from xdyna_jax.training.recipe import export_weights, load_weights
+    from xdyna_jax.porting.bundle import load_weights
+    from xdyna_jax.world.recipe import export_weights
 
     cfg = tiny_models_config()
     params = random_tree(xdyna.param_shapes(cfg), seed=3)
@@ -217,3 +234,47 @@ def test_the_export_is_bf16_official_files_that_convert_back_to_the_bundle(tmp_p
     for k, v in want.items():
         np.testing.assert_array_equal(np.asarray(got[k], np.float32),
                                       np.asarray(v).astype(jnp.bfloat16).astype(np.float32), err_msg=k)
+
+
+def test_the_pool_source_serves_pre_encoded_windows_of_drawn_clips():
+    """data.source=pool: every row is a window of a drawn clip; its moments are the frozen VAE's encoding of those
+    very frames (encoded again here, one frame at a time), its CLIP states the reference's, its skeletons the
+    window's; batches are a pure function of (seed, step)."""
+    import jax
+
+    from helpers import MICRO_TRAIN
+    from xdyna_jax.models import xdyna
+    from xdyna_jax.models.clip_preprocess import clip_pixel_values, default_image_processor
+    from xdyna_jax.models.vae import AutoencoderKL
+    from xdyna_jax.training import config as train_config
+    from xdyna_jax.world.source import PoolSource
+
+    run = train_config.load(CONFIGS / "train_tiny.yaml", [*MICRO_TRAIN, "data.source=pool", "data.pool_clips=3",
+                                                          "data.pool_frames=3", "train.frames=2", "train.batch_size=4",
+                                                          "data.scene_ratio=0"])
+    params = xdyna.init_params(run.models, jax.random.key(0), parts=["vae", "image_encoder"])
+    pool = PoolSource(run, params, run.models, log=lambda *_: None)
+    a, b = pool.batch(5), pool.batch(5)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert a["vae_moments"].shape == (4, 3, 4, 4, 2 * run.models.vae.latent_channels)
+    assert a["pose"].shape == (4, 2, 32, 32, 3) and "face" not in a and "frames" not in a
+    assert not all(np.array_equal(a["pose"], pool.batch(s)["pose"]) for s in range(6, 9))
+    vae = AutoencoderKL(run.models.vae)
+    proc = default_image_processor(run.models.image_encoder.image_size)
+    found = 0
+    for c in range(3):
+        clip = world.world_clip(run.train.seed, c, 3, 32, 32, 0.0, "train")
+        for s in range(2):
+            for row in range(4):
+                if not np.array_equal(a["pose"][row], clip["pose"][s:s + 2]):
+                    continue
+                found += 1
+                frames = clip["frames"][[0, 1 + s, 2 + s]].astype(np.float32) / 127.5 - 1.0
+                for f in range(3):
+                    mean, logvar = vae.apply({"params": params["vae"]}, frames[f:f + 1], method="encode")
+                    want = np.concatenate([np.asarray(mean), np.asarray(logvar)], -1)[0]
+                    np.testing.assert_allclose(a["vae_moments"][row, f].astype(np.float32), want, atol=2e-2, rtol=1e-2)
+                hidden = xdyna.clip_hidden_states(params, clip_pixel_values([clip["frames"][0]], proc), cfg=run.models)
+                np.testing.assert_allclose(a["clip_hidden"][row], np.asarray(hidden)[0], atol=1e-4)
+    assert found == 4  # every row is found among the pool's clips and windows

@@ -13,6 +13,7 @@ from flax.traverse_util import flatten_dict
 from helpers import CONFIGS, MICRO_TRAIN
 from xdyna_jax.sharding import make_mesh
 from xdyna_jax.training import checkpoint, loop, objective
+from xdyna_jax.world.source import SyntheticSource, make_source
 from xdyna_jax.training import config as train_config
 from xdyna_jax.training.state import adapter_init, init_state, models_for_training, split
 
@@ -59,7 +60,7 @@ def runs(tmp_path_factory):
     out = {}
     for name, mesh in (("one", ONE), ("eight", EIGHT)):
         workdir = tmp_path_factory.mktemp(name)
-        summary = loop.train(run_of(*mesh), workdir, out=lambda *_: None)
+        summary = loop.train(run_of(*mesh), workdir, out=lambda *_: None, source=make_source)
         out[name] = (workdir, summary)
     return out
 
@@ -122,13 +123,13 @@ def test_checkpoint_restores_onto_another_mesh_and_training_continues(runs):
         for x, y in zip(got, want):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     # step 3: the 8-device run continues on one device and the one-device run on 8 devices
-    loop.train(run_of(*ONE, "train.steps=3"), w8, out=lambda *_: None)
-    loop.train(run_of(*EIGHT, "train.steps=3"), w1, out=lambda *_: None)
+    loop.train(run_of(*ONE, "train.steps=3"), w8, out=lambda *_: None, source=make_source)
+    loop.train(run_of(*EIGHT, "train.steps=3"), w1, out=lambda *_: None, source=make_source)
     np.testing.assert_allclose(records(w8)[3]["loss"], records(w1)[3]["loss"], rtol=LOSS_RTOL)
 
 
 def _first_step(run, workdir):
-    loop.train(run, workdir, out=lambda *_: None)
+    loop.train(run, workdir, out=lambda *_: None, source=make_source)
     return records(workdir)[1]["loss"]
 
 
@@ -136,7 +137,7 @@ def _batch_and_params(run):
     from xdyna_jax.models.clip_preprocess import default_image_processor
 
     mesh = make_mesh(run.mesh, jax.devices()[:1])
-    raw = loop.SyntheticSource(run).batch(0)
+    raw = SyntheticSource(run).batch(0)
     proc = default_image_processor(run.models.image_encoder.image_size)
     batch = loop.prepare_batch(raw, models_for_training(run), run.train, proc)
     return batch, loop.initial_params(run, mesh)
@@ -159,7 +160,7 @@ def test_bf16_compute_keeps_float32_masters_and_close_loss(runs, tmp_path):
     """compute_dtype=bfloat16: the same first step as the float32 run (same batch, same draws) within bf16
     rounding, and the master params stay float32."""
     run16 = run_of(*ONE, "train.compute_dtype=bfloat16", "train.steps=1")
-    summary = loop.train(run16, tmp_path, out=lambda *_: None)
+    summary = loop.train(run16, tmp_path, out=lambda *_: None, source=make_source)
     assert all(x.dtype == np.float32 for x in jax.tree.leaves(summary["state"].trainable))
     got, ref = records(tmp_path)[1]["loss"], records(runs["one"][0])[1]["loss"]
     assert got != ref  # it did compute in bf16

@@ -13,6 +13,7 @@ from helpers import CONFIGS, MICRO_TRAIN
 from xdyna_jax.cli import UserError
 from xdyna_jax.sharding import make_mesh
 from xdyna_jax.training import checkpoint, loop
+from xdyna_jax.world.source import make_source
 from xdyna_jax.training import config as train_config
 
 # quick: the micro networks of helpers.MICRO_TRAIN, batch 2, checkpoints every 2 steps, one device
@@ -29,7 +30,7 @@ def first(tmp_path_factory):
     run = small_run()
     workdir = tmp_path_factory.mktemp("train")
     lines = []
-    summary = loop.train(run, workdir, out=lines.append)
+    summary = loop.train(run, workdir, out=lines.append, source=make_source)
     return run, workdir, summary, lines
 
 
@@ -79,19 +80,19 @@ def test_frozen_params_unchanged_trainable_updated(first):
 def test_restore_of_other_stage_fails_naming_it(first):
     _, workdir, _, _ = first
     with pytest.raises(UserError, match=r"train\.stage='adapter\+pose_controlnet'.*train\.stage='adapter'"):
-        loop.train(small_run("train.stage=adapter", "train.steps=5"), workdir, out=lambda *_: None)
+        loop.train(small_run("train.stage=adapter", "train.steps=5"), workdir, out=lambda *_: None, source=make_source)
 
 
 def test_restore_of_other_config_fails_naming_the_key(first):
     _, workdir, _, _ = first
     with pytest.raises(UserError, match=r"train\.learning_rate: 0\.001 in the checkpoint, 0\.01 now"):
-        loop.train(small_run("train.learning_rate=1e-2", "train.steps=5"), workdir, out=lambda *_: None)
+        loop.train(small_run("train.learning_rate=1e-2", "train.steps=5"), workdir, out=lambda *_: None, source=make_source)
 
 
 def test_nan_stops_and_keeps_last_good_checkpoint(first, tmp_path):
     run = small_run("train.debug_nan_step=3", "train.steps=4")
     with pytest.raises(loop.NonFiniteLoss, match=r"loss is nan at step 3.*last good checkpoint is step 2"):
-        loop.train(run, tmp_path, out=lambda *_: None)
+        loop.train(run, tmp_path, out=lambda *_: None, source=make_source)
     ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert ckpts == ["2"]
     steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]

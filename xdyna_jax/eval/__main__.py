@@ -21,7 +21,7 @@ from xdyna_jax import cli
 from xdyna_jax.cli import UserError
 
 from .evaluate import GROUPS, Options, check_extras, evaluate_pair, pooled, protocol
-from .extras import require
+from xdyna_jax.extras import require
 from .pairing import MIN_SIDE, check_readable, pair_folders
 
 os.environ.setdefault("GLOG_minloglevel", "2")  # MediaPipe's C++ info/warning lines would drown the progress bar

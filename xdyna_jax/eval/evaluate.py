@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from . import fvd as fvd_lib
-from .extras import require
+from xdyna_jax.extras import require
 from .pairing import Pair, load_driving, resize
 
 GROUPS = ("frames", "lpips", "fvd", "pose", "face", "flow")

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .extras import require
+from xdyna_jax.extras import require
 
 EYE_OUTER = (33, 263)
 FACE_DET_MODEL, FACE_DET_CONF = 1, 0.5

@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from .extras import require
+from xdyna_jax.extras import require
 
 FLOW_SIDE, EDGE, MASK_THRESHOLD = 256, 7, 0.5
 FARNEBACK = dict(pyr_scale=0.5, levels=3, winsize=15, iterations=3, poly_n=5, poly_sigma=1.2, flags=0)

@@ -19,7 +19,7 @@ from typing import Callable
 
 import numpy as np
 
-from .extras import require
+from xdyna_jax.extras import require
 
 PSNR_CAP = 100.0
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5

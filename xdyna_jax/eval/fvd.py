@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .extras import package_weights, require
+from xdyna_jax.extras import package_weights, require
 from .frames import batched
 
 CLIP_FRAMES, I3D_SIZE = 16, 224

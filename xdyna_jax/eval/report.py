@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .extras import require
+from xdyna_jax.extras import require
 
 TABLE = (("frames", "frames", "{:.0f}"), ("l1", "L1", "{:.4f}"), ("psnr", "PSNR dB", "{:.2f}"),
          ("ssim", "SSIM", "{:.4f}"), ("lpips", "LPIPS", "{:.4f}"), ("fid_frames", "FD frames", "{:.2f}"),

@@ -113,6 +113,10 @@ class UNet3DConfig:
     # What the output means: the noise (X-Dyna's and SD1.5's "epsilon"), or v = sqrt(a) eps - sqrt(1 - a) x0
     # ("v_prediction", Salimans & Ho 2022). The training loss and the DDIM sampler read it.
     prediction_type: PredictionType = "epsilon"
+    # The training schedule's betas rescaled to zero terminal SNR (Lin et al. 2023, Algorithm 1): t = 999 is pure
+    # noise, so training sees the sampler's starting point. Off for X-Dyna (its checkpoints were trained without);
+    # needs v_prediction (an epsilon model cannot recover x0 from pure noise). Training and the sampler read it.
+    rescale_betas_zero_snr: bool = False
     # compute / memory knobs (not part of the official config)
     dtype: DType = "float32"
     param_dtype: DType = "float32"
@@ -126,6 +130,9 @@ class UNet3DConfig:
             raise ValueError("down_block_types, up_block_types and block_out_channels must have the same length")
         if len(self.attention_head_dim) != n:
             raise ValueError(f"attention_head_dim needs {n} entries, got {self.attention_head_dim}")
+        if self.rescale_betas_zero_snr and self.prediction_type != "v_prediction":
+            raise ValueError("rescale_betas_zero_snr=true needs prediction_type=v_prediction (at zero terminal SNR "
+                             f"the noise says nothing about x0), got prediction_type={self.prediction_type}")
         for c in self.block_out_channels:
             if c % self.norm_num_groups:
                 raise ValueError(f"block_out_channels {c} is not divisible by norm_num_groups {self.norm_num_groups}")

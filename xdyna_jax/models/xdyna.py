@@ -163,14 +163,20 @@ def reference_latent(params, images, rng=None, noise=None, *, cfg: ModelsConfig)
     return latent_dist_sample(mean, logvar, rng, noise) * cfg.vae.scaling_factor
 
 
+def clip_hidden_states(params, pixel_values, *, cfg: ModelsConfig):
+    """What the Resampler reads (B, tokens, width): the CLIP image encoder's hidden_states[-2]."""
+    out = CLIPVisionModel(cfg.image_encoder).apply({"params": _need(params, "image_encoder")}, pixel_values,
+                                                   output_hidden_states=True)
+    return out.hidden_states[-2]
+
+
 def image_tokens(params, pixel_values, *, cfg: ModelsConfig):
     """IP-Adapter-Plus tokens (B, n_ip, D): CLIP image encoder hidden_states[-2] -> Resampler.
 
     pixel_values (B, S, S, 3) CLIP-normalised (``clip_preprocess.clip_pixel_values``).
     """
-    out = CLIPVisionModel(cfg.image_encoder).apply({"params": _need(params, "image_encoder")}, pixel_values,
-                                                   output_hidden_states=True)
-    return Resampler(cfg.resampler).apply({"params": _need(params, "resampler")}, out.hidden_states[-2])
+    hidden = clip_hidden_states(params, pixel_values, cfg=cfg)
+    return Resampler(cfg.resampler).apply({"params": _need(params, "resampler")}, hidden)
 
 
 def uncond_image_tokens(params, batch: int, *, cfg: ModelsConfig):

@@ -216,6 +216,20 @@ def load_bundle(path, mesh=None, overrides=(), cfg=None) -> Bundle:
     return Bundle(params=params, cfg=cfg, parts=parts, tokenizer=tok if tok.is_dir() else None, path=path)
 
 
+def load_weights(folder) -> tuple[dict, object]:
+    """(params {part: numpy tree}, ModelsConfig) of a folder of official-named ``.safetensors`` (``EXPORT_NAMES``)
+    and our ``config.yaml`` (what ``export_bundle`` and the tiny world's recipe write), bf16 values widened to
+    float32."""
+    from xdyna_jax.models import xdyna
+
+    folder = Path(folder)
+    cfg = config_lib.load(xdyna.ModelsConfig, folder / "config.yaml")
+    arg = {"resampler": "ip_adapter"}  # convert_bundle's keyword for the Resampler file
+    files = {arg.get(p, p): str(folder / n) for p, n in EXPORT_NAMES.items() if (folder / n).is_file()}
+    params, cfg, _ = convert_bundle(cfg, **files)
+    return jax.tree.map(lambda v: np.asarray(v, np.float32), params), cfg
+
+
 def _check_fits(stored: Mapping[str, Any], want: Mapping[str, Any], where) -> None:
     missing = sorted(set(want) - set(stored))
     unknown = sorted(set(stored) - set(want))

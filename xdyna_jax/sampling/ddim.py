@@ -4,6 +4,11 @@ The official sampler uses diffusers' ``DDIMScheduler`` with ``configs/x_dyna.yam
 1000 train steps, *linear* betas 0.00085 -> 0.012, ``steps_offset=1``, ``set_alpha_to_one=True``,
 "leading" timestep spacing. With 25 steps the timesteps are 961, 921, ..., 41, 1.
 
+Two options of Lin et al. 2023 ("Common diffusion noise schedules and sample steps are flawed"), off by
+default: ``rescale_zero_snr`` (the betas rescaled so that t = T-1 is pure noise, for models trained that
+way) and ``timestep_spacing="trailing"`` (the timesteps end at T-1: 999, 959, ..., 39 for 25 steps, so
+the first step starts where training's noisiest sample is).
+
 ``make_schedule`` runs once on the host (numpy); ``add_noise`` and ``ddim_step`` are pure jnp
 functions of the schedule, so they trace inside ``lax.scan`` with the step index as a loop value.
 """
@@ -16,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 BetaSchedule = Literal["linear", "scaled_linear"]
+Spacing = Literal["leading", "trailing"]
 
 
 class DDIMSchedule(NamedTuple):
@@ -46,7 +52,8 @@ def kept_steps(steps: int, strength: float) -> int:
 
 def make_schedule(steps: int = 25, *, strength: float = 1.0, num_train_timesteps: int = 1000, beta_start: float = 0.00085,
                   beta_end: float = 0.012, beta_schedule: BetaSchedule = "linear", steps_offset: int = 1,
-                  set_alpha_to_one: bool = True) -> DDIMSchedule:
+                  set_alpha_to_one: bool = True, rescale_zero_snr: bool = False,
+                  timestep_spacing: Spacing = "leading") -> DDIMSchedule:
     """The DDIM schedule of ``steps`` inference steps (defaults: X-Dyna's, spec §1.5); ``strength`` < 1
     keeps only its last ``kept_steps(steps, strength)`` timesteps (the official pipeline's ``strength``).
 
@@ -61,10 +68,14 @@ def make_schedule(steps: int = 25, *, strength: float = 1.0, num_train_timesteps
         betas = np.linspace(beta_start ** 0.5, beta_end ** 0.5, num_train_timesteps, dtype=np.float64) ** 2
     else:
         raise ValueError(f"unknown beta_schedule {beta_schedule!r} (linear or scaled_linear)")
-    alphas_cumprod = np.cumprod(1.0 - betas)
+    alphas_cumprod = train_alphas_cumprod(betas, rescale_zero_snr)
     ratio = num_train_timesteps // steps
-    # "leading" spacing: multiples of the ratio, descending, shifted by steps_offset
-    timesteps = (np.arange(steps) * ratio)[::-1] + steps_offset
+    if timestep_spacing == "leading":  # multiples of the ratio, descending, shifted by steps_offset
+        timesteps = (np.arange(steps) * ratio)[::-1] + steps_offset
+    elif timestep_spacing == "trailing":  # T, T - T/steps, ... rounded, minus one: the first is T - 1
+        timesteps = np.round(np.arange(num_train_timesteps, 0, -num_train_timesteps / steps)).astype(np.int64) - 1
+    else:
+        raise ValueError(f"unknown timestep_spacing {timestep_spacing!r} (leading or trailing)")
     if timesteps[0] >= num_train_timesteps:
         raise ValueError(f"steps_offset={steps_offset} puts the first timestep at {timesteps[0]}, "
                          f"past the {num_train_timesteps} train steps")
@@ -74,6 +85,18 @@ def make_schedule(steps: int = 25, *, strength: float = 1.0, num_train_timesteps
                         prev_timesteps=jnp.asarray(timesteps[start:] - ratio, jnp.int32),
                         alphas_cumprod=jnp.asarray(alphas_cumprod, jnp.float32),
                         final_alpha_cumprod=jnp.asarray(final, jnp.float32))
+
+
+def train_alphas_cumprod(betas: np.ndarray, rescale_zero_snr: bool = False) -> np.ndarray:
+    """Cumulative products of ``1 - betas`` (float64); ``rescale_zero_snr``: Lin et al. 2023, Algorithm 1 —
+    sqrt(alpha-bar) shifted so its last value is 0 and scaled so its first is unchanged."""
+    alphas_cumprod = np.cumprod(1.0 - np.asarray(betas, np.float64))
+    if not rescale_zero_snr:
+        return alphas_cumprod
+    s = np.sqrt(alphas_cumprod)
+    first, last = s[0], s[-1]
+    s = (s - last) * first / (first - last)
+    return s ** 2
 
 
 def alpha_cumprod(sched: DDIMSchedule, t) -> jax.Array:

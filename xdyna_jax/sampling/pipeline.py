@@ -14,7 +14,7 @@ adjacent so a batch split over the mesh ``data`` axis never moves a job between 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Literal, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -42,6 +42,10 @@ class SampleConfig:
     strength: the official pipeline's ``strength``: only the last ``int(steps * strength)`` DDIM steps run,
       from the (partly blurred) reference latent noised to the first kept timestep. 1.0 (official runs):
       all steps, from t = 961 of 25. Lower keeps more of the reference's layout.
+    timestep_spacing: ``leading`` (official: 961, ..., 1 of 25) or ``trailing`` (999, ..., 39: starts at
+      the schedule's noisiest step, Lin et al. 2023, for models trained at zero terminal SNR).
+    guidance_rescale: phi of Lin et al. 2023 §3.4; the guided output is rescaled to the std of the
+      conditional one, mixed in by phi (0, official: off). Counters over-exposure at high guidance.
     """
 
     frames: int = 192
@@ -58,6 +62,8 @@ class SampleConfig:
     round: bool = False
     conditioning_scale: float = 1.0
     strength: float = 1.0
+    timestep_spacing: Literal["leading", "trailing"] = "leading"
+    guidance_rescale: float = 0.0
 
     @property
     def denoising_steps(self) -> int:
@@ -145,8 +151,8 @@ def _window_eps(params, window, t, text_uc, text_c, ctx_uc, ctx_c, pose, face, c
 
 
 def _denoise_loop(params, sched: DDIMSchedule, guidance_scale, conditioning_scale, ref_latent, text_c, text_uc,
-                  img_c, img_uc, pose, face, draws: Draws, *, models, size: int, overlap: int, do_cfg: bool,
-                  cn_once: bool, on_step=None):
+                  img_c, img_uc, pose, face, draws: Draws, guidance_rescale=0.0, *, models, size: int, overlap: int,
+                  do_cfg: bool, cn_once: bool, rescale: bool = False, on_step=None):
     b, n = draws.noise.shape[:2]
     ref = jnp.asarray(ref_latent, jnp.float32)
     x = initial_latents(sched, ref, draws.mask, draws.noise)
@@ -175,7 +181,11 @@ def _denoise_loop(params, sched: DDIMSchedule, guidance_scale, conditioning_scal
         (eps_sum, count), _ = jax.lax.scan(one_window, init, jnp.swapaxes(windows, 0, 1))
         eps = eps_sum / count[:, :, None, None, None, None]  # mean over the windows covering a frame
         if do_cfg:  # guidance after averaging, as the official loop
-            eps = eps[:, :, 0] + guidance_scale * (eps[:, :, 1] - eps[:, :, 0])
+            cond = eps[:, :, 1]
+            eps = eps[:, :, 0] + guidance_scale * (cond - eps[:, :, 0])
+            if rescale:  # per job, over frames and latent elements (Lin et al. 2023, eq. 15-16)
+                ratio = jnp.std(cond, axis=(1, 2, 3, 4), keepdims=True) / jnp.std(eps, axis=(1, 2, 3, 4), keepdims=True)
+                eps = guidance_rescale * (eps * ratio) + (1.0 - guidance_rescale) * eps
         else:
             eps = eps[:, :, 0]
         x = ddim_step(sched, i, x, eps, models.unet.prediction_type)  # eps: the UNet's output (or v)
@@ -189,7 +199,7 @@ def _denoise_loop(params, sched: DDIMSchedule, guidance_scale, conditioning_scal
 
 
 _denoise_loop_jit = jax.jit(_denoise_loop, static_argnames=("models", "size", "overlap", "do_cfg", "cn_once",
-                                                           "on_step"))
+                                                           "rescale", "on_step"))
 _arrays_equal = jax.jit(jnp.array_equal)
 
 
@@ -235,7 +245,7 @@ def sample_latents(params, ref_latent, text_states, image_tokens, uncond_image_t
     draws: the random values (``make_draws``, or injected to replay another run).
     models: the network configs (their ``dtype`` fields select bf16 compute).
     config: steps, guidance_scale, context_frames/overlap, controlnet_once, conditioning_scale are read.
-    schedule: a DDIM schedule; default ``make_schedule(config.steps, strength=config.strength)``.
+    schedule: a DDIM schedule; default ``schedule_of(config, models)``.
     mesh: when given, the batch inputs and draws are placed with the batch split over its data axes
       (params are used as placed: shard them with ``xdyna.param_shardings``).
     on_step: optional host function ``on_step(step_index, _)`` called as each step completes (a progress
@@ -244,7 +254,7 @@ def sample_latents(params, ref_latent, text_states, image_tokens, uncond_image_t
     Compiled once per (B, N, h, w, models, window settings, guidance on/off, controlnet_once); the
     seed, guidance and conditioning scales and the draws are traced values.
     """
-    sched = make_schedule(config.steps, strength=config.strength) if schedule is None else schedule
+    sched = schedule_of(config, models) if schedule is None else schedule
     steps = int(sched.timesteps.shape[0])
     do_cfg = config.guidance_scale >= 1.0
     text_uc = text_states if uncond_text_states is None else uncond_text_states
@@ -266,6 +276,14 @@ def sample_latents(params, ref_latent, text_states, image_tokens, uncond_image_t
     nets = {k: params[k] for k in ("unet", "pose_controlnet", "face_controlnet") if k in params and
             (k != "face_controlnet" or face is not None)}
     return _denoise_loop_jit(nets, sched, jnp.float32(config.guidance_scale), jnp.float32(config.conditioning_scale),
-                             *batch, models=models, size=config.context_frames, overlap=config.context_overlap,
-                             do_cfg=do_cfg, cn_once=cn_once, on_step=on_step)
+                             *batch, jnp.float32(config.guidance_rescale), models=models, size=config.context_frames,
+                             overlap=config.context_overlap, do_cfg=do_cfg, cn_once=cn_once,
+                             rescale=do_cfg and config.guidance_rescale > 0, on_step=on_step)
+
+
+def schedule_of(config: SampleConfig, models) -> DDIMSchedule:
+    """The DDIM schedule of a sample config for these networks (``unet.rescale_betas_zero_snr``: the betas
+    the UNet was trained on)."""
+    return make_schedule(config.steps, strength=config.strength, timestep_spacing=config.timestep_spacing,
+                         rescale_zero_snr=models.unet.rescale_betas_zero_snr)
 

@@ -51,6 +51,8 @@ def check_config(cfg: SampleRunConfig) -> None:
     if not 0.0 < s.strength <= 1.0 or int(s.steps * s.strength) < 1:
         raise UserError(f"sample.strength={s.strength}: expected a number in (0, 1] that keeps at least one of "
                         f"sample.steps={s.steps} DDIM steps (int(steps * strength) >= 1)")
+    if not 0.0 <= s.guidance_rescale <= 1.0:
+        raise UserError(f"sample.guidance_rescale={s.guidance_rescale}: expected a number in [0, 1] (0 = off)")
     if not cfg.fps > 0:
         raise UserError(f"fps={cfg.fps}: expected a number > 0")
 

@@ -43,12 +43,16 @@ class TrainConfig:
     # denoiser stages: t is drawn from 0 .. max_timestep - 1. Below 1000 it spends every step on the noise
     # levels a sampler at sample.strength < 1 visits (strength 0.5 of 25 steps starts at t = 441)
     max_timestep: int = NUM_TRAIN_TIMESTEPS
+    # denoiser stages: > 1 draws more timesteps at the noisy end, where the layout is decided (SD3's shift of a
+    # uniform draw, objective.sample_timesteps: P(t >= 500) = shift / (shift + 1)); 1 = uniform
+    timestep_shift: float = 1.0
     compute_dtype: Literal["float32", "bfloat16"] = "float32"  # params stay float32 (master weights)
     remat: bool = False                   # gradient checkpointing in the UNet and ControlNets
     seed: int = 0
     save_every: int = 100
     max_to_keep: int = 3
     log_every: int = 1
+    eval_every: int = 0                   # > 0: the caller's evaluator every so many steps (train.py: the world's probe)
     init: str = "model"                   # the models' own initialisers, "random" (seeded normal), or a bundle folder
     # networks (params parts, e.g. [vae]) whose weight kernels start at He scale instead of torch's default
     # (training from nothing, init=model only; state.he_scale says why)
@@ -62,9 +66,12 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    source: Literal["synthetic", "dataset"] = "synthetic"
-    scene_ratio: float = 0.25             # synthetic source: fraction of scene clips (no figure)
-    split: Literal["train", "test"] = "train"  # synthetic source: the world's stream (test: held out, see world.py)
+    # synthetic: the tiny world drawn per step; pool: the tiny world drawn once, pre-encoded (xdyna_jax/world/source.py)
+    source: Literal["synthetic", "pool", "dataset"] = "synthetic"
+    scene_ratio: float = 0.25             # world sources: fraction of scene clips (no figure)
+    split: Literal["train", "test"] = "train"  # world sources: the world's stream (test: held out, world/generator.py)
+    pool_clips: int = 512                 # pool source: clips drawn and encoded once
+    pool_frames: int = 8                  # pool source: frames per clip (+ the reference); windows of train.frames
     data_dir: str = ""                    # dataset source: a data.build folder
     splits: tuple[str, ...] = ("human", "scene")
     stride: int = 1
@@ -84,7 +91,7 @@ class TrainRunConfig:
 
 # keys that may change between a run and its resume (how long, how often, on what hardware);
 # everything else must match the checkpoint
-RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.max_to_keep", "train.log_every",
+RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.max_to_keep", "train.log_every", "train.eval_every",
                      "train.debug_nan_step", "mesh.", "data.num_threads", "data.prefetch", "data.data_dir")
 
 
@@ -106,6 +113,8 @@ def check(cfg: TrainRunConfig) -> None:
     for k in ("steps", "batch_size", "frames", "accum_steps", "save_every", "max_to_keep", "log_every"):
         if getattr(t, k) < 1:
             raise UserError(f"train.{k}={getattr(t, k)}: expected an integer >= 1")
+    if t.eval_every < 0:
+        raise UserError(f"train.eval_every={t.eval_every}: expected an integer >= 0 (0 = no evaluation)")
     if t.batch_size % t.accum_steps:
         raise UserError(f"train.batch_size={t.batch_size} is not divisible by train.accum_steps={t.accum_steps}")
     if t.height % 8 or t.width % 8 or min(t.height, t.width) < 8:
@@ -126,6 +135,11 @@ def check(cfg: TrainRunConfig) -> None:
     if t.max_timestep != NUM_TRAIN_TIMESTEPS and t.stage == "vae":
         raise UserError(f"train.max_timestep={t.max_timestep} bounds the denoiser's timesteps; "
                         f"train.stage=vae has none (leave it at {NUM_TRAIN_TIMESTEPS})")
+    if not t.timestep_shift > 0:
+        raise UserError(f"train.timestep_shift={t.timestep_shift}: expected a number > 0 (1 = uniform timesteps)")
+    if t.timestep_shift != 1.0 and t.stage == "vae":
+        raise UserError(f"train.timestep_shift={t.timestep_shift} shapes the denoiser's timesteps; "
+                        f"train.stage=vae has none (leave it at 1)")
     if t.snr_gamma is not None and not t.snr_gamma > 0:
         raise UserError(f"train.snr_gamma={t.snr_gamma}: expected a number > 0, or null for the plain loss")
     if not 0 <= cfg.data.scene_ratio <= 1:
@@ -142,6 +156,16 @@ def check(cfg: TrainRunConfig) -> None:
     if t.vae_logvar_init is not None and t.init != "model":
         raise UserError(f"train.vae_logvar_init={t.vae_logvar_init} sets the models' own VAE init; it needs "
                         f"train.init=model, got train.init={t.init}")
+    if cfg.data.source == "pool":
+        if t.stage == "vae":
+            raise UserError("data.source=pool holds VAE-encoded clips; train.stage=vae trains on pixels "
+                            "(use data.source=synthetic)")
+        for k in ("pool_clips", "pool_frames"):
+            if getattr(cfg.data, k) < 1:
+                raise UserError(f"data.{k}={getattr(cfg.data, k)}: expected an integer >= 1")
+        if cfg.data.pool_frames < t.frames:
+            raise UserError(f"data.pool_frames={cfg.data.pool_frames}: expected at least train.frames={t.frames} "
+                            f"(each step takes a window of train.frames from a pool clip)")
     if cfg.data.source == "dataset" and not cfg.data.data_dir:
         raise UserError("data.source=dataset needs data.data_dir (a folder written by python -m xdyna_jax.data build)")
 

@@ -1,8 +1,9 @@
 """The host loop behind ``train.py``: data, the compiled step, logging, checkpoints and preemption.
 
 Side effects live here (files, signals, progress); the step itself is pure (``step.train_step``).
-* data: the synthetic source (``synthetic.py``) or the dataset loader (``data/loader.py``), each host
-  drawing its own rows, assembled into global arrays with ``sharding.host_local_to_global``;
+* data: the dataset loader (``data/loader.py``) or a source the caller passes (``train.py`` passes the tiny
+  world's, ``xdyna_jax/world/source.py``), each host drawing its own rows, assembled into global arrays with
+  ``sharding.host_local_to_global``;
 * logging: ``{workdir}/metrics.jsonl`` (one JSON object per logged step), TensorBoard events under
   ``{workdir}/tb`` (tensorboardX, no TensorFlow) and a progress bar (step, loss, samples/s, ETA);
 * checkpoints every ``train.save_every`` steps and at the end; re-running on the same workdir resumes;
@@ -32,27 +33,6 @@ class NonFiniteLoss(RuntimeError):
 
 
 # --- data -------------------------------------------------------------------------------------------
-
-class SyntheticSource:
-    """This host's rows of the synthetic global batch of each step; its position is the step itself."""
-
-    def __init__(self, run: TrainRunConfig):
-        t, p, n = run.train, jax.process_index(), jax.process_count()
-        self.run, self.rows = run, slice(p * t.batch_size // n, (p + 1) * t.batch_size // n)
-
-    def batch(self, step: int) -> dict:
-        from .synthetic import synthetic_batch
-
-        t = self.run.train
-        return synthetic_batch(t.seed, step, t.batch_size, t.frames, t.height, t.width,
-                               self.run.data.scene_ratio, self.rows, self.run.data.split)
-
-    def state(self, next_step: int) -> dict:
-        return {"source": "synthetic", "next_step": next_step}
-
-    def close(self):
-        pass
-
 
 class DatasetSource:
     """The ``VideoClipLoader`` (host-sharded, resumable); its position is saved in every checkpoint."""
@@ -137,7 +117,8 @@ def read_losses(path: Path) -> dict[int, float]:
         for line in path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                out[int(r["step"])] = float(r["loss"])
+                if "loss" in r:  # evaluator records have none
+                    out[int(r["step"])] = float(r["loss"])
     return out
 
 
@@ -190,10 +171,14 @@ def mesh_devices(mesh_cfg):
     return devices if -1 in sizes else devices[:int(np.prod(sizes))]
 
 
-def train(run: TrainRunConfig, workdir, *, out=print, params=None) -> dict:
+def train(run: TrainRunConfig, workdir, *, out=print, params=None, source=None, evaluator=None) -> dict:
     """Train to ``train.steps`` (resuming from ``{workdir}/checkpoints``); returns a summary dict.
 
     ``params``: full starting params (skips ``initial_params``; used by tests and the benchmark).
+    ``source``: ``source(run, saved_position, params, models, log) -> Source`` for ``data.source`` other than
+    ``dataset`` (a Source has ``batch(step)``, ``state(next_step)`` and ``close()``; ``DatasetSource`` is one).
+    ``evaluator``: ``evaluator(run, params, models, log) -> fn(state) -> {name: float}``, run before the first
+    step and every ``train.eval_every`` steps; its values go to ``metrics.jsonl`` as records of their own.
     """
     from tqdm import tqdm
 
@@ -220,9 +205,24 @@ def train(run: TrainRunConfig, workdir, *, out=print, params=None) -> dict:
         state, meta = restored
         data_state = meta.get("data")
     start = int(jax.device_get(state.step))
-    source = DatasetSource(run, data_state) if run.data.source == "dataset" else SyntheticSource(run)
+    if run.data.source == "dataset":
+        source = DatasetSource(run, data_state)
+    elif source is None:
+        from xdyna_jax.cli import UserError
+
+        raise UserError(f"data.source={run.data.source} is the tiny world's: run it through train.py, or pass "
+                        f"source=xdyna_jax.world.source.make_source")
+    else:
+        from .state import merge
+
+        source = source(run, data_state, merge(state.trainable, state.frozen), models, out)
+    evaluate = None
+    if evaluator is not None and t.eval_every > 0:
+        from .state import merge
+
+        evaluate = evaluator(run, merge(state.trainable, state.frozen), models, out)
     processor = None
-    if "clip_hidden" not in run.data.encoded:
+    if "clip_hidden" not in run.data.encoded and run.data.source != "pool":
         from xdyna_jax.models.clip_preprocess import default_image_processor
 
         processor = default_image_processor(run.models.image_encoder.image_size)
@@ -251,6 +251,16 @@ def train(run: TrainRunConfig, workdir, *, out=print, params=None) -> dict:
         out(f"train step ready in {time.perf_counter() - t0:.1f}s"
             + (f" ({flops / 1e9:.2f} GFLOP per device per step)" if flops else ""))
         pending: list = []
+
+        def run_eval(step_no):
+            if evaluate is None or not lead:
+                return
+            rec = {"step": step_no, **{k: float(v) for k, v in evaluate(state).items()}}
+            logger.write(rec)
+            out("eval at step {}: {}".format(step_no, ", ".join(f"{k} {v:.4g}" for k, v in rec.items() if k != "step")))
+
+        if start == 0:
+            run_eval(0)
         bar = tqdm(total=t.steps, initial=start, disable=not lead, unit="step", dynamic_ncols=True, file=sys.stderr)
         last_good = None
 
@@ -290,6 +300,9 @@ def train(run: TrainRunConfig, workdir, *, out=print, params=None) -> dict:
             bar.update(1)
             if step_no % t.log_every == 0:
                 flush()
+            if t.eval_every > 0 and step_no % t.eval_every == 0:
+                flush()
+                run_eval(step_no)
             stop = any_host(bool(terminated))
             if step_no % t.save_every == 0 or step_no == t.steps or stop:
                 save(step_no, position)

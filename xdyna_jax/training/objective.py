@@ -25,9 +25,22 @@ from xdyna_jax.sampling.ddim import make_schedule
 from .config import NUM_TRAIN_TIMESTEPS
 
 
-def alphas_cumprod():
-    """The sampler's train-time alpha-bars (one table for training and sampling)."""
-    return make_schedule(1, num_train_timesteps=NUM_TRAIN_TIMESTEPS).alphas_cumprod
+def alphas_cumprod(cfg=None):
+    """The sampler's train-time alpha-bars (one table for training and sampling); ``cfg`` (a ModelsConfig):
+    rescaled to zero terminal SNR when ``cfg.unet.rescale_betas_zero_snr``."""
+    rescale = cfg is not None and cfg.unet.rescale_betas_zero_snr
+    return make_schedule(1, num_train_timesteps=NUM_TRAIN_TIMESTEPS, rescale_zero_snr=rescale).alphas_cumprod
+
+
+def sample_timesteps(key, b: int, max_timestep: int, shift: float = 1.0):
+    """(b,) int timesteps in 0 .. max_timestep - 1: uniform, or with ``shift`` > 1 moved toward the noisy end
+    by SD3's map u -> shift u / (1 + (shift - 1) u) of a uniform u (Esser et al. 2024): P(t >= T/2) is
+    shift / (shift + 1) instead of 1/2."""
+    if shift == 1.0:
+        return jax.random.randint(key, (b,), 0, max_timestep)
+    u = jax.random.uniform(key, (b,))
+    u = shift * u / (1.0 + (shift - 1.0) * u)
+    return jnp.minimum(jnp.floor(u * max_timestep).astype(jnp.int32), max_timestep - 1)
 
 
 def posterior(params, batch, *, cfg):
@@ -47,20 +60,21 @@ def cond_image_tokens(params, batch, *, cfg):
     return xdyna.image_tokens(params, batch["clip_pixels"], cfg=cfg)
 
 
-def diffusion_inputs(params, batch, rng, *, cfg, image_dropout: float, max_timestep: int = NUM_TRAIN_TIMESTEPS):
+def diffusion_inputs(params, batch, rng, *, cfg, image_dropout: float, max_timestep: int = NUM_TRAIN_TIMESTEPS,
+                     timestep_shift: float = 1.0):
     """Everything ``denoise`` sees, and the target: a dict of window, t, noise, text, tokens, pose, face.
 
-    Draws from ``rng`` (split in this order): VAE posterior noise, t ~ U{0 .. max_timestep - 1}, the noise,
-    the dropout coins.
+    Draws from ``rng`` (split in this order): VAE posterior noise, t in 0 .. max_timestep - 1
+    (``sample_timesteps``), the noise, the dropout coins.
     """
     k_post, k_t, k_noise, k_drop = jax.random.split(rng, 4)
     mean, logvar = posterior(params, batch, cfg=cfg)
     latents = jax.lax.stop_gradient(latent_dist_sample(mean, logvar, k_post) * cfg.vae.scaling_factor)
     ref, x0 = latents[:, :1], latents[:, 1:]
     b = latents.shape[0]
-    t = jax.random.randint(k_t, (b,), 0, max_timestep)
+    t = sample_timesteps(k_t, b, max_timestep, timestep_shift)
     noise = jax.random.normal(k_noise, x0.shape, jnp.float32)
-    a = alphas_cumprod()[t][:, None, None, None, None]
+    a = alphas_cumprod(cfg)[t][:, None, None, None, None]
     noisy = jnp.sqrt(a) * x0 + jnp.sqrt(1.0 - a) * noise
     text = xdyna.text_states(params, xdyna.empty_prompt_ids(cfg, 1), cfg=cfg)
     text = jnp.broadcast_to(text, (b,) + text.shape[1:])
@@ -74,7 +88,7 @@ def diffusion_inputs(params, batch, rng, *, cfg, image_dropout: float, max_times
 
 
 def diffusion_loss(params, batch, rng, *, cfg, image_dropout: float = 0.0, snr_gamma: float | None = None,
-                   max_timestep: int = NUM_TRAIN_TIMESTEPS):
+                   max_timestep: int = NUM_TRAIN_TIMESTEPS, timestep_shift: float = 1.0):
     """Mean squared error of the UNet's output on frames 1..F (frame 0, the reference, has no loss) against
     the noise, or against v = sqrt(a) eps - sqrt(1 - a) x0 when ``cfg.unet.prediction_type`` is v_prediction.
 
@@ -82,11 +96,13 @@ def diffusion_loss(params, batch, rng, *, cfg, image_dropout: float = 0.0, snr_g
     ``min(SNR(t), gamma) / SNR(t)`` for epsilon, ``min(SNR(t), gamma) / (SNR(t) + 1)`` for v (the same weight
     on the implied x0 error), so the nearly clean timesteps, which dominate the plain epsilon loss, stop
     crowding out the noisy ones where the layout is decided.
-    ``max_timestep``: t is drawn below it (``train.max_timestep``).
+    ``max_timestep``: t is drawn below it (``train.max_timestep``); ``timestep_shift``: toward the noisy end
+    (``sample_timesteps``, ``train.timestep_shift``).
     """
-    d = diffusion_inputs(params, batch, rng, cfg=cfg, image_dropout=image_dropout, max_timestep=max_timestep)
+    d = diffusion_inputs(params, batch, rng, cfg=cfg, image_dropout=image_dropout, max_timestep=max_timestep,
+                         timestep_shift=timestep_shift)
     out = xdyna.denoise(params, d["window"], d["t"], d["text"], d["tokens"], d["pose"], d["face"], cfg=cfg)
-    a = alphas_cumprod()[d["t"]]
+    a = alphas_cumprod(cfg)[d["t"]]
     v_pred = cfg.unet.prediction_type == "v_prediction"
     if v_pred:
         ab = a[:, None, None, None, None]
@@ -115,7 +131,7 @@ def vae_loss(params, batch, rng, *, cfg, kl_weight: float, perceptual_weight: fl
     kl = 0.5 * jnp.sum(jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar, axis=(1, 2, 3))
     total = jnp.mean(jnp.square(rec - x)) + kl_weight * jnp.mean(kl)
     if perceptual_weight > 0:
-        from xdyna_jax.eval.lpips import load_lpips
+        from xdyna_jax.models.lpips import load_lpips
 
         m = load_lpips(perceptual_net)
         dist = m["distance"](m["params"], m["lins"], rec, jax.lax.stop_gradient(x))[0]
@@ -129,4 +145,4 @@ def loss(params, batch, rng, *, cfg, train):
         return vae_loss(params, batch, rng, cfg=cfg, kl_weight=train.kl_weight,
                         perceptual_weight=train.perceptual_weight, perceptual_net=train.perceptual_net)
     return diffusion_loss(params, batch, rng, cfg=cfg, image_dropout=train.image_dropout, snr_gamma=train.snr_gamma,
-                          max_timestep=train.max_timestep)
+                          max_timestep=train.max_timestep, timestep_shift=train.timestep_shift)

@@ -64,7 +64,8 @@ def step_key_config(run):
 
     t = run.train
     steps = t.steps if t.schedule == "cosine" else 1
-    t = dataclasses.replace(t, steps=steps, save_every=1, max_to_keep=1, log_every=1, debug_nan_step=-1, init="")
+    t = dataclasses.replace(t, steps=steps, save_every=1, max_to_keep=1, log_every=1, eval_every=0, debug_nan_step=-1,
+                            init="")
     return dataclasses.replace(run, train=t, data=type(run.data)(), mesh=type(run.mesh)())
 
 

@@ -1,18 +1,15 @@
 """The tiny world's recipe (``make tiny-world``): every stage through ``train.py``, resumable, with progress.
 
-``python -m xdyna_jax.training.recipe [--workdir runs/tiny_world] [--out weights/tiny_world]
-[--stages vae,full,tune,export] [--vae KEY=VALUE ...] [--full KEY=VALUE ...] [--tune KEY=VALUE ...]``
+``python -m xdyna_jax.world.recipe [--workdir runs/tiny_world] [--out weights/tiny_world]
+[--stages vae,full,export] [--vae KEY=VALUE ...] [--full KEY=VALUE ...]``
 
 1. ``vae``: ``train.py --config configs/train_world_vae.yaml --workdir {workdir}/vae --export {workdir}/vae_bundle``;
 2. ``full``: ``train.py --config configs/train_world_full.yaml --workdir {workdir}/full --export
-   {workdir}/full_bundle train.init={workdir}/vae_bundle models.vae.scaling_factor=S`` (UNet, ControlNets,
-   Resampler over the stage-1 VAE). ``S`` = 1 / std of the trained VAE's latent means over training frames
-   (``latent_scale``), the rule that gave SD1.5 its 0.18215: the diffusion schedule assumes unit-variance latents;
-3. ``tune``: ``train.py --config configs/train_world_tune.yaml --workdir {workdir}/tune --export
-   {workdir}/tune_bundle train.init={workdir}/full_bundle models.vae.scaling_factor=S``: the same networks
-   trained on, only on the timesteps the embedded sampler visits (``train.max_timestep``), with an EMA of
-   the weights, which the bundle holds;
-4. ``export``: the tune bundle as bf16 official-named safetensors + ``config.yaml`` in ``--out``.
+   {workdir}/full_bundle train.init={workdir}/vae_bundle models.vae.scaling_factor=S`` (UNet, pose ControlNet,
+   Resampler over the stage-1 VAE, on a pre-encoded pool; the bundle holds the EMA of the weights).
+   ``S`` = 1 / std of the trained VAE's latent means over training frames (``latent_scale``), the rule that
+   gave SD1.5 its 0.18215: the diffusion schedule assumes unit-variance latents;
+3. ``export``: the full bundle as bf16 official-named safetensors + ``config.yaml`` in ``--out``.
 
 Each stage runs in its own process (one JAX runtime per stage, as a user would run them) and resumes on
 its own workdir: ``train.py`` restarts from the last checkpoint, and a stage whose bundle was written by the
@@ -35,8 +32,8 @@ from xdyna_jax import cli
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "configs"
-STAGES = ("vae", "full", "tune", "export")
-PREVIOUS = {"full": "vae", "tune": "full", "export": "tune"}  # the stage whose bundle each one starts from
+STAGES = ("vae", "full", "export")
+PREVIOUS = {"full": "vae", "export": "full"}  # the stage whose bundle each one starts from
 STAMP = "recipe_done.json"  # written into a bundle folder once its stage has finished and exported
 
 
@@ -52,8 +49,9 @@ def latent_scale(bundle: Path, frames: int = 64, seed: int = 12345) -> float:
     from xdyna_jax.models.vae import AutoencoderKL
     from xdyna_jax.porting.bundle import load_bundle
 
-    from . import config as train_config
-    from .synthetic import synthetic_batch
+    from xdyna_jax.training import config as train_config
+
+    from .source import synthetic_batch
 
     run = train_config.load(CONFIGS / "train_world_full.yaml")
     t = run.train
@@ -74,7 +72,7 @@ def latent_scale(bundle: Path, frames: int = 64, seed: int = 12345) -> float:
     return scale
 
 
-def stage_commands(workdir: Path, vae_overrides=(), full_overrides=(), tune_overrides=(),
+def stage_commands(workdir: Path, vae_overrides=(), full_overrides=(),
                    scale: float | None = None) -> dict[str, list[str]]:
     """The ``train.py`` command line of each training stage (``scale``: the denoiser stages' latent scale)."""
     train_py = str(REPO_ROOT / "train.py")
@@ -85,9 +83,6 @@ def stage_commands(workdir: Path, vae_overrides=(), full_overrides=(), tune_over
         "full": [sys.executable, train_py, "--config", str(CONFIGS / "train_world_full.yaml"),
                  "--workdir", str(workdir / "full"), "--export", str(workdir / "full_bundle"),
                  f"train.init={workdir / 'vae_bundle'}", *scaled, *full_overrides],
-        "tune": [sys.executable, train_py, "--config", str(CONFIGS / "train_world_tune.yaml"),
-                 "--workdir", str(workdir / "tune"), "--export", str(workdir / "tune_bundle"),
-                 f"train.init={workdir / 'full_bundle'}", *scaled, *tune_overrides],
     }
 
 
@@ -156,24 +151,6 @@ def export_weights(bundle: Path, out_dir: Path, out=print) -> list[Path]:
     return [out_dir / f.name for f in files]
 
 
-def load_weights(folder) -> tuple[dict, object]:
-    """(params {part: numpy tree}, ModelsConfig) of an exported folder (``export_weights``), bf16 values
-    widened to float32."""
-    import jax
-    import numpy as np
-
-    from xdyna_jax import config as config_lib
-    from xdyna_jax.models.xdyna import ModelsConfig
-    from xdyna_jax.porting.bundle import EXPORT_NAMES, convert_bundle
-
-    folder = Path(folder)
-    cfg = config_lib.load(ModelsConfig, folder / "config.yaml")
-    arg = {"resampler": "ip_adapter"}  # convert_bundle's keyword for the Resampler file
-    files = {arg.get(p, p): str(folder / n) for p, n in EXPORT_NAMES.items() if (folder / n).is_file()}
-    params, cfg, _ = convert_bundle(cfg, **files)
-    return jax.tree.map(lambda v: np.asarray(v, np.float32), params), cfg
-
-
 def plot_losses(workdir: Path, png: Path, window: int = 25) -> Path:
     """Each stage's training loss (raw and a running mean over ``window`` logged steps) as one PNG."""
     import matplotlib
@@ -182,11 +159,10 @@ def plot_losses(workdir: Path, png: Path, window: int = 25) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from .loop import read_losses
+    from xdyna_jax.training.loop import read_losses
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 3.6))
-    for ax, stage, what in zip(axes, ("vae", "full", "tune"), ("reconstruction MSE + KL", "noise-prediction MSE",
-                                                               "noise-prediction MSE, t < max_timestep")):
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, stage, what in zip(axes, ("vae", "full"), ("reconstruction MSE + KL + LPIPS", "v-prediction MSE")):
         losses = read_losses(workdir / stage / "metrics.jsonl")
         steps = np.array(sorted(losses))
         if len(steps):
@@ -204,13 +180,12 @@ def plot_losses(workdir: Path, png: Path, window: int = 25) -> Path:
 
 
 def main(argv=None) -> int:
-    p = cli.ArgumentParser(prog="python -m xdyna_jax.training.recipe", description=__doc__.splitlines()[0])
+    p = cli.ArgumentParser(prog="python -m xdyna_jax.world.recipe", description=__doc__.splitlines()[0])
     p.add_argument("--workdir", default="runs/tiny_world", help="stage workdirs and bundles go here")
     p.add_argument("--out", default="weights/tiny_world", help="the exported bf16 weights")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     p.add_argument("--vae", action="append", default=[], metavar="KEY=VALUE", help="override of the vae stage")
     p.add_argument("--full", action="append", default=[], metavar="KEY=VALUE", help="override of the full stage")
-    p.add_argument("--tune", action="append", default=[], metavar="KEY=VALUE", help="override of the tune stage")
     args = p.parse_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
@@ -238,12 +213,7 @@ def main(argv=None) -> int:
             info = json.loads((before / "latent_scale.json").read_text())
             print(f"[tiny-world] the trained VAE: latent scale {scale} (1 / std of its latent means), "
                   f"reconstruction PSNR {info.get('reconstruction_psnr_db')} dB on unseen frames", flush=True)
-        elif name == "tune":  # the scale the full stage trained with (its bundle's config), whatever set it
-            from xdyna_jax import config as config_lib
-            from xdyna_jax.models.xdyna import ModelsConfig
-
-            scale = config_lib.load(ModelsConfig, before / "config.yaml").vae.scaling_factor
-        cmd = stage_commands(workdir, args.vae, args.full, args.tune, scale)[name]
+        cmd = stage_commands(workdir, args.vae, args.full, scale)[name]
         run_stage(name, cmd, workdir / f"{name}_bundle", after=after)
     print(f"[tiny-world] all done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     return 0

@@ -150,8 +150,10 @@ def _texture(kind: str, xx, yy, scale: float, rng_phase: float) -> np.ndarray:
     return np.ones_like(xx)
 
 
-def draw_figure(img: np.ndarray, joints: np.ndarray, look: dict, size: float, t: float, motion: dict) -> np.ndarray:
-    """Draw the figure over ``img`` (uint8, in place); returns its 68 face landmarks."""
+def draw_figure(img: np.ndarray, joints: np.ndarray, look: dict, size: float, t: float,
+                motion: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Draw the figure over ``img`` (uint8, in place); returns its 68 face landmarks and its exact (H, W) bool
+    mask (every pixel the figure covers)."""
     import cv2
 
     h, w = img.shape[:2]
@@ -179,6 +181,9 @@ def draw_figure(img: np.ndarray, joints: np.ndarray, look: dict, size: float, t:
     r = 0.11 * size
     cx, cy = joints[0][0], joints[0][1] - 0.3 * r
     cv2.circle(img, (int(round(cx)), int(round(cy))), int(round(r)), tuple(float(c) for c in look["skin"]), -1)
+    head = np.zeros((h, w), np.uint8)
+    cv2.circle(head, (int(round(cx)), int(round(cy))), int(round(r)), 1, -1)
+    mask = (shirt | trouser | skin | head) > 0
     blink = float(np.clip(np.cos(2 * np.pi * (t * motion["blink_rate"] + motion["blink_phase"])) * 4 - 2.6, 0, 1))
     eye_open = 1.0 - blink
     mouth_open = 0.5 + 0.5 * np.sin(2 * np.pi * (motion["talk_rate"] * t + motion["talk_phase"]))
@@ -194,25 +199,33 @@ def draw_figure(img: np.ndarray, joints: np.ndarray, look: dict, size: float, t:
     cv2.ellipse(img, (int(round(cx)), int(round(cy + 0.5 * r))),
                 (max(1, int(round(0.3 * r))), max(1, int(round((0.03 + 0.17 * mouth_open) * r)))),
                 0, 0, 360, (140, 25, 35), -1)
-    return lmk
+    return lmk, mask
 
 
 # --- clips ------------------------------------------------------------------------------------------
 
 def world_clip(seed: int, index: int, frames: int, height: int, width: int, scene_ratio: float,
-               split: str = "train") -> dict:
+               split: str = "train", truth: bool = False) -> dict:
     """One clip: the loader's layout (``frames (1+F,H,W,3)``, ``pose (F,H,W,3)``, ``face (F,H,W,6)``,
-    ``is_scene``) plus what was drawn: ``background`` (a BACKGROUNDS name) and ``figure`` (id, -1 for none)."""
+    ``is_scene``) plus what was drawn: ``background`` (a BACKGROUNDS name) and ``figure`` (id, -1 for none).
+
+    ``truth``: also ``masks (1+F, H, W)`` bool, the exact figure pixels of every frame, and ``plates
+    (1+F, H, W, 3)`` uint8, the background alone (what each frame shows without the figure). The draws are
+    the same either way."""
     if split not in SPLIT_TAG:
         raise ValueError(f"split={split!r}: expected one of {sorted(SPLIT_TAG)}")
     rng = np.random.default_rng([seed, SPLIT_TAG[split], index])
     is_scene = bool(rng.uniform() < scene_ratio)
     kind = BACKGROUNDS[rng.choice(len(BACKGROUNDS), p=BACKGROUND_P)]
     bg = background(rng, kind, frames + 1, height, width)
+    plates = np.clip(bg, 0, 255).astype(np.uint8)
     if is_scene:  # no figure: an empty skeleton and an all-black face condition
-        return {"frames": np.clip(bg, 0, 255).astype(np.uint8), "pose": np.zeros((frames, height, width, 3), np.uint8),
-                "face": np.zeros((frames, height, width, 6), np.uint8), "is_scene": np.bool_(True),
-                "background": kind, "figure": -1}
+        out = {"frames": plates, "pose": np.zeros((frames, height, width, 3), np.uint8),
+               "face": np.zeros((frames, height, width, 6), np.uint8), "is_scene": np.bool_(True),
+               "background": kind, "figure": -1}
+        if truth:
+            out.update(masks=np.zeros((frames + 1, height, width), bool), plates=plates.copy())
+        return out
     fid = int(rng.choice(split_figures(split)))
     look = figure_identity(fid)
     motion = {"tex_phase": rng.uniform(0, 2 * np.pi), "blink_rate": rng.uniform(0.5, 1.5), "blink_phase": rng.uniform(),
@@ -226,19 +239,24 @@ def world_clip(seed: int, index: int, frames: int, height: int, width: int, scen
     times = [t_ref] + [phase + speed * k for k in range(frames)]
     dim = np.array([width, height], np.float64)
     size = scale * min(height, width)
-    out_frames, poses, faces = [], [], []
+    out_frames, poses, faces, masks = [], [], [], []
     for k, t in enumerate(times):
         if k == 0 and split == "test":
             continue  # the reference is frame 1 itself (self-reenactment)
         at = centre + drift * max(k - 1, 0)
         joints = ((world_pose(t, legs, bob) - 0.5) * scale + at) * dim
-        img = np.ascontiguousarray(np.clip(bg[k], 0, 255).astype(np.uint8))
-        lmk = draw_figure(img, joints, look, size, t, motion)
+        img = plates[k].copy()
+        lmk, mask = draw_figure(img, joints, look, size, t, motion)
         out_frames.append(img)
+        masks.append(mask)
         if k > 0:
             poses.append(render_frame(np.concatenate([joints, np.ones((18, 1))], axis=1), None, height, width))
             faces.append(sface_condition(img, lmk))
     if split == "test":
         out_frames.insert(0, out_frames[0].copy())
-    return {"frames": np.stack(out_frames), "pose": np.stack(poses), "face": np.stack(faces),
-            "is_scene": np.bool_(False), "background": kind, "figure": fid}
+        masks.insert(0, masks[0].copy())
+    out = {"frames": np.stack(out_frames), "pose": np.stack(poses), "face": np.stack(faces),
+           "is_scene": np.bool_(False), "background": kind, "figure": fid}
+    if truth:  # a test clip's reference is its frame 1: its plate too
+        out.update(masks=np.stack(masks), plates=np.concatenate([plates[1:2], plates[1:]]) if split == "test" else plates)
+    return out
