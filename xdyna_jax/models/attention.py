@@ -5,6 +5,10 @@ computed. Backends (a config field, never inferred from strings elsewhere):
   ``xla``   -- exact, with the softmax in float32; runs everywhere. On the CPU it attends in
                cache-sized tiles (``_tiled``); on GPU and TPU it is one einsum (``_dense``).
   ``cudnn`` -- ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPU, XLA elsewhere).
+  ``blockwise`` -- exact, memory linear in the lengths, for training (``blockwise.py``): an online
+               softmax over key blocks and a custom VJP that recomputes the blocks (FlashAttention-2's
+               algorithm in plain JAX); on TPU the Pallas flash-attention kernel where the shapes fit it.
+               ``query_chunk > 0`` sets its query block.
 ``query_chunk > 0`` makes the ``xla`` path attend at most ``query_chunk`` queries at a time, so the
 logits never exist for all queries at once, in the backward pass too (each chunk is recomputed there): the
 memory knob for GPU and TPU at full size. (The CPU tiles
@@ -20,6 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from .blockwise import BLOCK_Q, blockwise_attention
 from .layers import Dense
 
 # Logits per CPU tile: 2^20 float32 values (4 MiB) stay in the L2/L3 caches. Whole-batch logits do
@@ -49,8 +54,11 @@ def attention(q, k, v, heads: int, backend: str = "xla", scale: float | None = N
     elif backend == "cudnn":
         impl = "cudnn" if (jax.default_backend() == "gpu" and q.dtype in (jnp.float16, jnp.bfloat16)) else None
         out = jax.nn.dot_product_attention(qh, kh, vh, scale=scale, is_causal=causal, implementation=impl)
+    elif backend == "blockwise":
+        block_q = query_chunk if query_chunk > 0 else BLOCK_Q
+        out = blockwise_attention(qh, kh, vh, scale=scale, causal=causal, block_q=block_q)
     else:
-        raise ValueError(f"attention backend must be 'xla' or 'cudnn', got {backend!r}")
+        raise ValueError(f"attention backend must be 'xla', 'cudnn' or 'blockwise', got {backend!r}")
     return out.reshape(tuple(lead) + (lq, c))
 
 

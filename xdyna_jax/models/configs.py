@@ -9,7 +9,8 @@ import dataclasses
 from typing import Any, Literal, Mapping
 
 PredictionType = Literal["epsilon", "v_prediction"]
-AttentionBackend = Literal["xla", "cudnn"]
+# blockwise: exact attention in memory linear in the lengths, for training (models/blockwise.py)
+AttentionBackend = Literal["xla", "cudnn", "blockwise"]
 DType = Literal["float32", "bfloat16", "float16"]
 Attn1Mode = Literal["default", "mixed_cross", "first_cross"]
 
@@ -121,7 +122,7 @@ class UNet3DConfig:
     dtype: DType = "float32"
     param_dtype: DType = "float32"
     attention_backend: AttentionBackend = "xla"
-    attention_query_chunk: int = 0  # > 0: xla attention over query chunks (bounded memory)
+    attention_query_chunk: int = 0  # > 0: xla attention over query chunks (bounded memory); blockwise: its query block
     remat: bool = False
 
     def __post_init__(self):
@@ -211,7 +212,7 @@ class ControlNetConfig:
     dtype: DType = "float32"
     param_dtype: DType = "float32"
     attention_backend: AttentionBackend = "xla"
-    attention_query_chunk: int = 0  # > 0: xla attention over query chunks (bounded memory)
+    attention_query_chunk: int = 0  # > 0: xla attention over query chunks (bounded memory); blockwise: its query block
     remat: bool = False
 
     @classmethod
