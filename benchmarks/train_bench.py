@@ -11,7 +11,8 @@ Sections (``--sections``, default both):
         full-size is allocated. The batch is the pre-encoded one a large run reads
         (``data.encoded=[vae_moments, clip_hidden]``: VAE moments and CLIP hidden states, plus pose and
         S-Face maps), so the VAE encoder and the CLIP image encoder stay resident but do not run.
-        Rows are ``mesh:HxW:stage:remat``; meshes ``one`` (1 device, global batch 1), ``fsdp8`` and
+        Rows are ``mesh:HxW:stage:remat`` (remat: off, on or a policy name of xdyna_jax/models/remat.py,
+        e.g. dots_saveable); meshes ``one`` (1 device, global batch 1), ``fsdp8`` and
         ``data2fsdp4`` (8 devices, global batch 8). Attention is the GPU/TPU program's (``sd15_setup``): the
         ``xla`` backend's one einsum, f32 logits for all queries (``attention_query_chunk`` bounds them).
         Each row compiles in a child process that is stopped once XLA has assigned its buffers
@@ -53,6 +54,7 @@ import jax.numpy as jnp  # noqa: E402
 
 from xdyna_jax import config as config_lib  # noqa: E402
 from xdyna_jax.models import ModelsConfig, attention, xdyna  # noqa: E402
+from xdyna_jax.models import remat as remat_lib  # noqa: E402
 from xdyna_jax.sharding import MeshConfig, make_mesh  # noqa: E402
 from xdyna_jax.training import config as train_config, loop, state as st, step as sp  # noqa: E402
 from xdyna_jax.world.source import SyntheticSource  # noqa: E402
@@ -87,9 +89,28 @@ def run_config(models_file: str, overrides) -> train_config.TrainRunConfig:
     return run
 
 
+def parse_row(row: str, fields: tuple[str, ...]) -> dict:
+    """A ``--tiny`` (stage:remat) or ``--sd15`` (mesh:HxW:stage:remat) row as {field: text}; its remat is
+    off, on or a remat policy name (models/remat.py), checked here so a typo fails before any compile."""
+    parts = row.split(":")
+    if len(parts) != len(fields):
+        raise ValueError(f"row {row!r}: expected {':'.join(fields)}")
+    out = dict(zip(fields, parts))
+    try:
+        remat_lib.name(out["remat"])
+    except ValueError as e:
+        raise ValueError(f"row {row!r}: {e}") from None
+    if "mesh" in out and out["mesh"] not in MESHES:
+        raise ValueError(f"row {row!r}: unknown mesh {out['mesh']!r}; expected one of {sorted(MESHES)}")
+    return out
+
+
+TINY_FIELDS, SD15_FIELDS = ("stage", "remat"), ("mesh", "size", "stage", "remat")
+
+
 def row_overrides(stage: str, remat: str, mesh: MeshConfig, per_device: int, extra=()) -> list[str]:
     n = mesh.data * mesh.fsdp
-    return [f"train.stage={stage}", f"train.remat={remat == 'on'}", f"mesh.data={mesh.data}",
+    return [f"train.stage={stage}", f"train.remat={remat}", f"mesh.data={mesh.data}",
             f"mesh.fsdp={mesh.fsdp}", f"mesh.tensor={mesh.tensor}", f"train.batch_size={per_device * n}", *extra]
 
 
@@ -138,9 +159,10 @@ def tiny(args) -> list[dict]:
 
     out = []
     for row in args.tiny:
-        stage, remat = row.split(":")
+        r = parse_row(row, TINY_FIELDS)
         run = run_config("tiny.yaml", ["train.init=random", "mesh.data=1", "mesh.fsdp=1", "mesh.tensor=1",
-                                       f"train.stage={stage}", f"train.remat={remat == 'on'}", *args.tiny_override])
+                                       f"train.stage={r['stage']}", f"train.remat={r['remat']}",
+                                       *args.tiny_override])
         t = run.train
         mesh = make_mesh(run.mesh, loop.mesh_devices(run.mesh))
         models = st.models_for_training(run)
@@ -175,7 +197,7 @@ def tiny(args) -> list[dict]:
           "peak GiB | loss |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = out[0]["samples_s"] if out else 0
     for r in out:
-        stage, remat = r["row"].split(":")
+        stage, remat = parse_row(r["row"], TINY_FIELDS).values()
         mfu = f"{100 * r['mfu']:.1f} %" if r["mfu"] is not None else "n/a (CPU)"
         print(f"| {stage} | {remat} | {r['dtype']} | {r['compile_s']:.1f} | {r['step_s']:.3f} | {r['samples_s']:.2f} | "
               f"{fmt_ratio(r['samples_s'], base)} | {r['flops'] / 1e9:.3g} | {r['flops_s'] / 1e9:.3g} | {mfu} | "
@@ -202,7 +224,7 @@ def abstract_batch(run, mesh) -> dict:
 
 def sd15_setup(row: str, args):
     """(run, models, mesh, abstract state, abstract batch) of one ``mesh:HxW:stage:remat`` row."""
-    mesh_name, size, stage, remat = row.split(":")
+    mesh_name, size, stage, remat = parse_row(row, SD15_FIELDS).values()
     h, w = map(int, size.split("x"))
     run = run_config(args.sd15_models, row_overrides(stage, remat, MESHES[mesh_name], 1, [
         "train.frames=16", f"train.height={h}", f"train.width={w}", f"train.compute_dtype={args.dtype}",
@@ -277,7 +299,7 @@ def sd15_row(row: str, args) -> dict:
     run, models, mesh, state, batch = sd15_setup(row, args)
     flops = []
     mem, secs = compile_in_child(row, args, on_start=lambda: flops.append(model_flops(run, models, batch)))
-    mesh_name, size, stage, remat = row.split(":")
+    mesh_name, size, stage, remat = parse_row(row, SD15_FIELDS).values()
     return dict(row=row, mesh=mesh_name, size=size, stage=stage, remat=remat, devices=mesh.size,
                 batch=run.train.batch_size, compile_s=secs, state=state_bytes(state), **mem, flops=flops[0])
 
@@ -318,7 +340,8 @@ def sd15(args, start: float) -> list[dict]:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sections", nargs="+", default=["tiny", "sd15"], choices=["tiny", "sd15"])
-    ap.add_argument("--tiny", nargs="+", default=TINY_ROWS, help="tiny rows, stage:remat (first = baseline)")
+    ap.add_argument("--tiny", nargs="+", default=TINY_ROWS,
+                    help="tiny rows, stage:remat, remat off/on or a policy name (first = baseline)")
     ap.add_argument("--tiny-override", nargs="*", default=[], help="key=value for every tiny row (train.*, models.*)")
     ap.add_argument("--steps", type=int, default=5, help="tiny: timed steps (median)")
     ap.add_argument("--warmup", type=int, default=2, help="tiny: untimed steps first")
@@ -331,6 +354,14 @@ def main(argv=None):
     ap.add_argument("--sd15-override", nargs="*", default=[], help="sd15: key=value for every row")
     ap.add_argument("--child-row", help=argparse.SUPPRESS)  # compile_in_child's child: compile one row, no output
     args = ap.parse_args(argv)
+    rows = [(r, TINY_FIELDS) for r in args.tiny] if "tiny" in args.sections else []
+    if args.child_row or "sd15" in args.sections:
+        rows += [(r, SD15_FIELDS) for r in ([args.child_row] if args.child_row else args.sd15)]
+    for row, fields in rows:  # a bad row fails here, before minutes of compiles
+        try:
+            parse_row(row, fields)
+        except ValueError as e:
+            ap.error(str(e))
     if args.child_row:
         run, models, mesh, state, batch = sd15_setup(args.child_row, args)
         compile_once(run, models, mesh, state, batch)

@@ -1,16 +1,18 @@
 """Sharding on 8 fake CPU devices: FSDP (data=2 x fsdp=4) and tensor parallelism (fsdp=4 x tensor=2)
-give the unsharded numbers, and every kernel is split the intended way."""
+give the unsharded numbers with the activations pinned by the rule table, every kernel is split the intended
+way, and ``mesh.rules`` overrides reach params, batches, the train state and the activation constraints."""
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from helpers import CONFIGS, MICRO_TRAIN, random_tree, tiny_models_config
 from official_weights import official_weights
 from xdyna_jax.models import UNet3D, UNet3DConfig, logical_axes, param_shapes
 from xdyna_jax.porting import official_entries, unet_params_from_torch
-from xdyna_jax.sharding import (MeshConfig, batch_sharding, logical_to_mesh_spec, make_mesh,
-                                param_shardings, replicated, shard)
+from xdyna_jax.sharding import (MeshConfig, activation_sharding, batch_sharding, logical_to_mesh_spec, make_mesh,
+                                mesh_rules, param_shardings, replicated, shard)
 
 needs8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
 
@@ -43,20 +45,39 @@ def small():
     return model, state, params, (x, t, ctx), ref
 
 
-def sharded_forward(model, params, inputs, mesh):
+def constraints(lowered) -> list[str]:
+    """The activation sharding constraints of a lowered program (Shardy or GSPMD text)."""
+    return [line.strip() for line in lowered.as_text().splitlines()
+            if "sdy.sharding_constraint" in line or "@Sharding" in line]
+
+
+def sharded_forward(model, params, inputs, mesh, want_constraint=None):
+    """Sharded params and the forward traced under ``activation_sharding(mesh)``: every residual-stream
+    constraint of the program is ``want_constraint`` (Shardy text), when given."""
     p_sh = param_shardings(logical_axes(model), param_shapes(model), mesh)
     sharded = shard(params, p_sh)
     x, t, ctx = inputs
-    fwd = jax.jit(model.apply, in_shardings=({"params": p_sh}, batch_sharding(mesh, 5), batch_sharding(mesh, 1),
-                                             batch_sharding(mesh, 3)),
+    # a fresh function: a jitted one already traced outside the context would keep that trace
+    fwd = jax.jit(lambda p, *a: model.apply(p, *a),
+                  in_shardings=({"params": p_sh}, batch_sharding(mesh, 5), batch_sharding(mesh, 1),
+                                batch_sharding(mesh, 3)),
                   out_shardings=batch_sharding(mesh, 5))
-    return sharded, fwd({"params": sharded}, shard(x, batch_sharding(mesh, 5)), t, ctx)
+    with activation_sharding(mesh):
+        lowered = fwd.lower({"params": sharded}, shard(x, batch_sharding(mesh, 5)), t, ctx)
+    found = constraints(lowered)
+    # conv_in 1; down 4 + 2 (resnet, transformer, motion, downsampler; resnet, motion); mid 3 (resnet,
+    # transformer, resnet); up 5 + 6 (2 x (resnet, motion), upsampler; 2 x (resnet, transformer, motion))
+    assert len(found) == 21, found
+    if want_constraint is not None:
+        assert all(want_constraint in c for c in found), found
+    return sharded, lowered.compile()({"params": sharded}, shard(x, batch_sharding(mesh, 5)), t, ctx)
 
 
 @needs8
 def test_fsdp_forward_matches_unsharded_and_kernels_are_split(small):
     model, _, params, inputs, ref = small
-    sharded, out = sharded_forward(model, params, inputs, make_mesh(MeshConfig(data=2, fsdp=4)))
+    sharded, out = sharded_forward(model, params, inputs, make_mesh(MeshConfig(data=2, fsdp=4)),
+                                   want_constraint='[{"data", "fsdp"}, {}, {}, {}, {}]')
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=0)
 
     # the large kernels really are split four ways over fsdp
@@ -74,7 +95,8 @@ def test_fsdp_forward_matches_unsharded_and_kernels_are_split(small):
 @needs8
 def test_tensor_parallel_forward_matches_unsharded(small):
     model, _, params, inputs, ref = small
-    _, out = sharded_forward(model, params, inputs, make_mesh(MeshConfig(data=1, fsdp=4, tensor=2)))
+    _, out = sharded_forward(model, params, inputs, make_mesh(MeshConfig(data=1, fsdp=4, tensor=2)),
+                             want_constraint='[{"data", "fsdp"}, {}, {}, {}, {}]')
     np.testing.assert_allclose(np.asarray(out), np.asarray(ref), atol=1e-5, rtol=0)
 
 
@@ -183,3 +205,121 @@ def test_every_model_maps_onto_the_rule_table():
                              jax.tree.leaves(param_shardings(logical, shapes, tp))):
             for n, axis in zip(lg, sh.spec):
                 assert (axis == "tensor") == (n in ("heads", "mlp", "conv_mid")), (name, s.shape, lg, sh.spec)
+
+
+@needs8
+def test_controlnet_sharded_forward_with_constraints_matches_unsharded():
+    from xdyna_jax.models import ControlNet, ControlNetConfig
+
+    model = ControlNet(ControlNetConfig.tiny(block_out_channels=(32, 64), attention_head_dim=(2, 2),
+                                            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D")))
+    params = random_tree(param_shapes(model), seed=1)
+    b, f = 4, 2  # a video: inputs replicated, its B·F = 8 per-frame samples split over data x fsdp inside
+    x = jax.random.normal(jax.random.key(4), (b, f, 8, 8, 4))
+    cond = jax.random.uniform(jax.random.key(5), (b, f, 64, 64, 3))
+    ctx = jax.random.normal(jax.random.key(6), (b, 77, 48))
+    t = jnp.full((b,), 321.0)
+    ref = jax.jit(model.apply)({"params": params}, x, t, ctx, cond)
+    mesh = make_mesh(MeshConfig(data=2, fsdp=4))
+    p_sh = param_shardings(logical_axes(model), param_shapes(model), mesh)
+    rep = replicated(mesh)
+    fwd = jax.jit(lambda p, *a: model.apply(p, *a), in_shardings=({"params": p_sh}, rep, rep, rep, rep))
+    args = ({"params": shard(params, p_sh)}, x, t, ctx, cond)
+    with activation_sharding(mesh):
+        lowered = fwd.lower(*args)
+    found = constraints(lowered)
+    # the input; resnet, transformer, downsampler; resnet; mid (resnet, transformer, resnet)
+    assert len(found) == 8 and all('[{"data", "fsdp"}, {}, {}, {}, {}]' in c for c in found), found
+    out = lowered.compile()(*args)
+    for o, r in zip(jax.tree.leaves(out), jax.tree.leaves(ref)):  # float32 sums in another order: 1e-6 of the scale
+        np.testing.assert_allclose(np.asarray(o), np.asarray(r), atol=1e-6 * float(np.abs(r).max()), rtol=0)
+
+
+def test_constraints_are_no_ops_outside_the_context_and_on_one_device():
+    model = UNet3D(SMALL)
+    args = model.example_inputs(batch=2, frames=2)
+    params = param_shapes(model)
+
+    def count(fn):
+        return str(jax.make_jaxpr(fn)(params)).count("sharding_constraint")
+
+    apply = lambda p: model.apply({"params": p}, *args)  # noqa: E731
+    assert count(apply) == 0
+    with activation_sharding(make_mesh(MeshConfig(data=1), jax.devices()[:1])):
+        assert count(lambda p: model.apply({"params": p}, *args)) == 0
+
+
+@needs8
+def test_activation_specs_leave_undividable_batches_to_xla():
+    mesh = make_mesh(MeshConfig(data=2, fsdp=4))
+    residual = P("batch", None, None, None, "act_embed")
+    assert logical_to_mesh_spec(residual, (8, 3, 4, 4, 64), mesh, unfit=P.UNCONSTRAINED) == \
+        P(("data", "fsdp"), None, None, None, None)
+    assert logical_to_mesh_spec(residual, (2, 3, 4, 4, 64), mesh, unfit=P.UNCONSTRAINED) == \
+        P(P.UNCONSTRAINED, None, None, None, None)
+    # params keep replicating what does not divide
+    assert logical_to_mesh_spec(P("embed"), (6,), mesh) == P(None)
+
+
+@needs8
+def test_mesh_rules_override_params_batches_and_activations():
+    from xdyna_jax.models import xdyna
+
+    default = make_mesh(MeshConfig(data=2, fsdp=4))
+    geglu = (P("embed", "mlp"), (32, 256))
+    assert logical_to_mesh_spec(*geglu, default) == P("fsdp", "tensor")
+    over = make_mesh(MeshConfig(data=2, fsdp=4, rules=[["embed", None], ["batch", "data"], ["act_embed", "fsdp"]]))
+    assert over is default  # meshes are interned: the rules are those of the last make_mesh of a layout
+    rules = dict(mesh_rules(over))
+    assert rules["embed"] is None and rules["batch"] == "data" and rules["heads"] == "tensor"  # others kept
+    assert logical_to_mesh_spec(*geglu, over) == P(None, "tensor")
+    assert batch_sharding(over, 3).spec == P("data", None, None)
+
+    # the models' param shardings (what training/state.py:state_shardings builds on) follow the mesh's table
+    cfg = tiny_models_config()
+    sh = xdyna.param_shardings(cfg, over)
+    assert sh["unet"]["up_blocks_1"]["attentions_0"]["transformer_blocks_0"]["ff"]["net_0"]["proj"][
+        "kernel"].spec == P(None, "tensor")
+    # ... and the activation constraints: the residual stream's channels now over fsdp, batch over data
+    with activation_sharding(over):
+        from xdyna_jax.models.blocks import pin
+
+        lowered = jax.jit(lambda x: pin(x) * 2).lower(jnp.ones((2, 1, 4, 4, 64)))
+    assert '[{"data"}, {}, {}, {}, {"fsdp"}]' in " ".join(constraints(lowered))
+
+    again = make_mesh(MeshConfig(data=2, fsdp=4))  # the default table again
+    assert logical_to_mesh_spec(*geglu, again) == P("fsdp", "tensor")
+
+
+@needs8
+def test_train_step_is_lowered_with_the_configured_activation_rules():
+    """``step.lower_step`` (what ``compile_step`` compiles) traces the step inside ``activation_sharding``,
+    and the train state's shardings follow ``mesh.rules``."""
+    import dataclasses
+
+    from xdyna_jax.models import xdyna
+    from xdyna_jax.training import config as train_config, state as st, step as sp
+
+    run = train_config.load(CONFIGS / "train_tiny.yaml", [
+        *MICRO_TRAIN, "mesh.data=2", "mesh.fsdp=4", "train.batch_size=8", "data.encoded=[vae_moments,clip_hidden]",
+        "mesh.rules={embed: null}"])
+    mesh = make_mesh(run.mesh)
+    shapes = xdyna.param_shapes(run.models)
+    state_sh = st.state_shardings(run, mesh, shapes)
+    q = state_sh.trainable["unet"]["down_blocks_0"]["attentions_0"]["transformer_blocks_0"]["attn1"]["to_q_ff"]
+    assert q["kernel"].spec == P(None, "tensor")  # embed -> null: no fsdp on the model width
+    state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                         st.abstract_state(run, shapes), state_sh)
+    m, t = run.models, run.train
+    tokens = (m.image_encoder.image_size // m.image_encoder.patch_size) ** 2 + 1
+    down = m.vae.downscale
+    batch = {"vae_moments": (8, 1 + t.frames, t.height // down, t.width // down, 2 * m.unet.in_channels),
+             "clip_hidden": (8, tokens, m.image_encoder.hidden_size), "pose": (8, t.frames, t.height, t.width, 3)}
+    batch = {k: jax.ShapeDtypeStruct(s, jnp.float32, sharding=batch_sharding(mesh, len(s))) for k, s in batch.items()}
+    found = constraints(sp.lower_step(run, st.models_for_training(run), mesh, state, batch))
+    assert found and all('{"data", "fsdp"}, {}, {}, {}, {}]' in c for c in found), found[:3]
+    run_off = dataclasses.replace(run, mesh=dataclasses.replace(run.mesh, rules={"batch": None}))
+    mesh = make_mesh(run_off.mesh)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding(mesh, v.ndim)) for k, v in batch.items()}
+    found = constraints(sp.lower_step(run_off, st.models_for_training(run_off), mesh, state, batch))
+    assert found and all('[{}, {}, {}, {}, {}]' in c for c in found), found[:3]

@@ -12,6 +12,9 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from xdyna_jax import sharding
+
+from . import remat as remat_lib
 from .attention import CrossAttention, SelfAttention
 from .configs import MotionConfig
 from .layers import Conv, Dense, FeedForward, GroupNorm, LayerNorm
@@ -37,12 +40,22 @@ class BlockSpec:
     linear_projection: bool = False
     motion: MotionConfig = MotionConfig()
     backend: str = "xla"
-    remat: bool = False
+    remat: bool | str = False  # a models/remat.py policy
     query_chunk: int = 0
 
 
 def _remat(cls, spec: BlockSpec):
-    return nn.remat(cls) if spec.remat else cls
+    return remat_lib.wrap(cls, spec.remat)
+
+
+# The residual stream between blocks, (B, F, H, W, C): batch over the data-parallel axes, channels whole
+# (``act_embed``, see sharding.RULES). Pinned at every remat boundary, so what a block saves for the backward
+# is laid out by the rule table rather than by XLA's propagation; a no-op outside sharding.activation_sharding.
+RESIDUAL = ("batch", None, None, None, "act_embed")
+
+
+def pin(h):
+    return sharding.constrain(h, RESIDUAL)
 
 
 class ResnetBlock3D(nn.Module):
@@ -145,14 +158,14 @@ class DownBlock(nn.Module):
         s, kw = self.spec, dict(dtype=self.dtype, param_dtype=self.param_dtype)
         skips = []
         for j in range(s.num_layers):
-            h = _remat(ResnetBlock3D, s)(s.out_channels, s, name=f"resnets_{j}", **kw)(h, temb)
+            h = pin(_remat(ResnetBlock3D, s)(s.out_channels, s, name=f"resnets_{j}", **kw)(h, temb))
             if s.has_attention:
-                h = _remat(Transformer, s)(s, s.heads, name=f"attentions_{j}", **kw)(h, context)
+                h = pin(_remat(Transformer, s)(s, s.heads, name=f"attentions_{j}", **kw)(h, context))
             if s.has_motion:
-                h = _remat(MotionModule, s)(s.motion, s.backend, name=f"motion_modules_{j}", **kw)(h)
+                h = pin(_remat(MotionModule, s)(s.motion, s.backend, name=f"motion_modules_{j}", **kw)(h))
             skips.append(h)
         if s.add_sampler:
-            h = Downsample3D(s.out_channels, name="downsamplers_0", **kw)(h)
+            h = pin(Downsample3D(s.out_channels, name="downsamplers_0", **kw)(h))
             skips.append(h)
         return h, skips
 
@@ -192,11 +205,11 @@ class MidBlock3D(nn.Module):
     @nn.compact
     def __call__(self, h, temb, context):
         s, kw = self.spec, dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        h = _remat(ResnetBlock3D, s)(s.out_channels, s, name="resnets_0", **kw)(h, temb)
-        h = _remat(Transformer, s)(s, s.heads, name="attentions_0", **kw)(h, context)
+        h = pin(_remat(ResnetBlock3D, s)(s.out_channels, s, name="resnets_0", **kw)(h, temb))
+        h = pin(_remat(Transformer, s)(s, s.heads, name="attentions_0", **kw)(h, context))
         if s.has_motion:
-            h = _remat(MotionModule, s)(s.motion, s.backend, name="motion_modules_0", **kw)(h)
-        return _remat(ResnetBlock3D, s)(s.out_channels, s, name="resnets_1", **kw)(h, temb)
+            h = pin(_remat(MotionModule, s)(s.motion, s.backend, name="motion_modules_0", **kw)(h))
+        return pin(_remat(ResnetBlock3D, s)(s.out_channels, s, name="resnets_1", **kw)(h, temb))
 
 
 class UpBlock(nn.Module):
@@ -212,11 +225,11 @@ class UpBlock(nn.Module):
         skips = list(skips)
         for j in range(s.num_layers):
             h = jnp.concatenate([h, skips.pop()], axis=-1)
-            h = _remat(ResnetBlock3D, s)(s.out_channels, s, name=f"resnets_{j}", **kw)(h, temb)
+            h = pin(_remat(ResnetBlock3D, s)(s.out_channels, s, name=f"resnets_{j}", **kw)(h, temb))
             if s.has_attention:
-                h = _remat(Transformer, s)(s, s.heads, name=f"attentions_{j}", **kw)(h, context)
+                h = pin(_remat(Transformer, s)(s, s.heads, name=f"attentions_{j}", **kw)(h, context))
             if s.has_motion:
-                h = _remat(MotionModule, s)(s.motion, s.backend, name=f"motion_modules_{j}", **kw)(h)
+                h = pin(_remat(MotionModule, s)(s.motion, s.backend, name=f"motion_modules_{j}", **kw)(h))
         if s.add_sampler:
-            h = Upsample3D(s.out_channels, name="upsamplers_0", **kw)(h, upsample_size)
+            h = pin(Upsample3D(s.out_channels, name="upsamplers_0", **kw)(h, upsample_size))
         return h

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal, Mapping
 
+from . import remat as remat_lib
+
 PredictionType = Literal["epsilon", "v_prediction"]
 # blockwise: exact attention in memory linear in the lengths, for training (models/blockwise.py)
 AttentionBackend = Literal["xla", "cudnn", "blockwise"]
@@ -123,9 +125,12 @@ class UNet3DConfig:
     param_dtype: DType = "float32"
     attention_backend: AttentionBackend = "xla"
     attention_query_chunk: int = 0  # > 0: xla attention over query chunks (bounded memory); blockwise: its query block
-    remat: bool = False
+    # gradient checkpointing per resnet / transformer / motion module: a policy name of models/remat.py
+    # (none, blocks, dots_saveable, ...; true/on = blocks, false/off = none), stored as remat.config_value
+    remat: bool | str = False
 
     def __post_init__(self):
+        object.__setattr__(self, "remat", remat_lib.config_value(self.remat))
         n = len(self.block_out_channels)
         if len(self.down_block_types) != n or len(self.up_block_types) != n:
             raise ValueError("down_block_types, up_block_types and block_out_channels must have the same length")
@@ -213,7 +218,10 @@ class ControlNetConfig:
     param_dtype: DType = "float32"
     attention_backend: AttentionBackend = "xla"
     attention_query_chunk: int = 0  # > 0: xla attention over query chunks (bounded memory); blockwise: its query block
-    remat: bool = False
+    remat: bool | str = False  # as UNet3DConfig.remat
+
+    def __post_init__(self):
+        object.__setattr__(self, "remat", remat_lib.config_value(self.remat))
 
     @classmethod
     def sd15(cls, **kw) -> "ControlNetConfig":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .blocks import BlockSpec, DownBlock, MidBlock3D
+from .blocks import BlockSpec, DownBlock, MidBlock3D, pin
 from .configs import ControlNetConfig
 from .layers import Conv, TimestepEmbedding, dtype_of, timestep_embedding
 
@@ -65,6 +65,7 @@ class ControlNet(nn.Module):
         h = Conv(cfg.block_out_channels[0], name="conv_in", **kw)(sample.astype(dtype)[:, None])
         h = h + ConditioningEmbedding(cfg.block_out_channels[0], cfg.conditioning_embedding_out_channels,
                                       name="controlnet_cond_embedding", **kw)(controlnet_cond.astype(dtype)[:, None])
+        h = pin(h)  # per-frame samples (B·F) split over the data-parallel axes, as the UNet's batch
         common = dict(groups=cfg.norm_num_groups, eps=cfg.norm_eps, inflated_gn=True,
                       time_scale_shift=cfg.resnet_time_scale_shift,
                       linear_projection=cfg.use_linear_projection, backend=cfg.attention_backend, remat=cfg.remat,

@@ -17,7 +17,7 @@ from typing import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from .blocks import BlockSpec, DownBlock, MidBlock3D, UpBlock
+from .blocks import BlockSpec, DownBlock, MidBlock3D, UpBlock, pin
 from .configs import UNet3DConfig
 from .layers import Conv, GroupNorm, TimestepEmbedding, dtype_of, timestep_embedding
 
@@ -78,7 +78,7 @@ class UNet3D(nn.Module):
         emb = TimestepEmbedding(cfg.time_embed_dim, name="time_embedding", **kw)(emb.astype(dtype))
         context = encoder_hidden_states.astype(dtype)
 
-        h = Conv(cfg.block_out_channels[0], name="conv_in", **kw)(sample.astype(dtype))
+        h = pin(Conv(cfg.block_out_channels[0], name="conv_in", **kw)(sample.astype(dtype)))
         skips = [h]
         for i, spec in enumerate(down_specs):
             h, s = DownBlock(spec, name=f"down_blocks_{i}", **kw)(h, emb, context)
@@ -89,7 +89,7 @@ class UNet3D(nn.Module):
             skips = [add_residual(x, r) for x, r in zip(skips, down_residuals)]
         h = MidBlock3D(mid_spec, name="mid_block", **kw)(h, emb, context)
         if mid_residual is not None:
-            h = add_residual(h, mid_residual)
+            h = pin(add_residual(h, mid_residual))
 
         up_factor = 2 ** sum(s.add_sampler for s in up_specs)
         forward_size = height % up_factor != 0 or width % up_factor != 0

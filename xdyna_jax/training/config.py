@@ -7,6 +7,7 @@ from typing import Literal, Optional, Sequence
 
 from xdyna_jax import config as config_lib
 from xdyna_jax.cli import UserError
+from xdyna_jax.models import remat as remat_lib
 from xdyna_jax.models.xdyna import ModelsConfig
 from xdyna_jax.sharding import MeshConfig
 
@@ -47,7 +48,10 @@ class TrainConfig:
     # uniform draw, objective.sample_timesteps: P(t >= 500) = shift / (shift + 1)); 1 = uniform
     timestep_shift: float = 1.0
     compute_dtype: Literal["float32", "bfloat16"] = "float32"  # params stay float32 (master weights)
-    remat: bool = False                   # gradient checkpointing in the UNet and ControlNets
+    # gradient checkpointing in the UNet and ControlNets (replaces their models.*.remat): a policy name of
+    # xdyna_jax/models/remat.py, none, blocks, nothing_saveable, dots_saveable, dots_with_no_batch_dims_saveable or
+    # offload_dots; true/on = blocks, false/off = none. Stored as remat.config_value (False, True or the name)
+    remat: bool | str = False
     seed: int = 0
     save_every: int = 100
     max_to_keep: int = 3
@@ -62,6 +66,9 @@ class TrainConfig:
     # large for thousands of steps (the tiny world's first VAE ended at -1.5: noise std 0.47 on latents of std 1.1)
     vae_logvar_init: Optional[float] = None
     debug_nan_step: int = -1              # test hook: poison the batch of this step with NaN
+
+    def __post_init__(self):
+        object.__setattr__(self, "remat", remat_lib.config_value(self.remat))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -147,7 +147,8 @@ def with_checkpointed(state: TrainState, saved: dict) -> TrainState:
 
 
 def models_for_training(run) -> Any:
-    """The ModelsConfig the step runs: compute dtype and remat from ``train.*`` (params stay float32)."""
+    """The ModelsConfig the step runs: compute dtype and remat policy from ``train.*`` (params stay float32).
+    ``train.remat`` replaces the networks' own ``remat`` (UNet and ControlNets alike; models/remat.py)."""
     t, m = run.train, run.models
     kw = dict(dtype=t.compute_dtype, remat=t.remat)
     face = None if m.face_controlnet is None else dataclasses.replace(m.face_controlnet, **kw)

@@ -69,22 +69,33 @@ def step_key_config(run):
     return dataclasses.replace(run, train=t, data=type(run.data)(), mesh=type(run.mesh)())
 
 
+def lower_step(run, models, mesh, state, batch):
+    """``train_step`` jitted with the shardings of ``state`` and ``batch`` (the state donated) and lowered,
+    traced inside ``sharding.activation_sharding(mesh)``: the blocks' activation constraints follow the
+    mesh's rule table (``mesh.rules``). ``state`` and ``batch`` may be arrays or sharded ShapeDtypeStructs."""
+    from xdyna_jax.sharding import activation_sharding, replicated
+
+    state_sh = jax.tree.map(lambda x: x.sharding, state)
+    fn = jax.jit(functools.partial(train_step, run=step_key_config(run), models=models),
+                 in_shardings=(state_sh, batch_shardings(batch, mesh)),
+                 out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)
+    with activation_sharding(mesh):
+        return fn.lower(state, batch)
+
+
 def compile_step(run, models, mesh, state, batch):
     """``train_step`` compiled for the shapes and shardings of ``state`` and ``batch``, the state donated.
 
-    Executables are memoised in-process, keyed by the step's config, the mesh and the input layout.
+    Executables are memoised in-process, keyed by the step's config, the mesh, its rule table and the
+    input layout.
     """
-    from xdyna_jax.sharding import replicated
+    from xdyna_jax.sharding import mesh_rules
 
     run = step_key_config(run)
     leaves, tree = jax.tree.flatten((state, batch))
-    key = (run, models, mesh, tree, tuple((x.shape, x.dtype, x.sharding) for x in leaves))
+    key = (run, models, mesh, mesh_rules(mesh), tree, tuple((x.shape, x.dtype, x.sharding) for x in leaves))
     if key not in _COMPILED:
-        state_sh = jax.tree.map(lambda x: x.sharding, state)
-        fn = jax.jit(functools.partial(train_step, run=run, models=models),
-                     in_shardings=(state_sh, batch_shardings(batch, mesh)),
-                     out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)
-        _COMPILED[key] = fn.lower(state, batch).compile()
+        _COMPILED[key] = lower_step(run, models, mesh, state, batch).compile()
     return _COMPILED[key]
 
 
