@@ -6,10 +6,15 @@
          --ip-adapter ip-adapter-plus_sd15.bin --image-encoder IP-Adapter/models/image_encoder
          --vae stable-diffusion-v1-5/vae --text-encoder stable-diffusion-v1-5/text_encoder
          --tokenizer stable-diffusion-v1-5/tokenizer
+  bundle --out DIR --official pretrained_weights/ [--xdyna-yaml configs/x_dyna.yaml] [--preset|--config] [--set ...]
+  bundle --out DIR --hub [--revision REV | --revision OWNER/NAME=REV ...] [--offline] [--xdyna-yaml ...]
   export-bundle --bundle DIR --out OUT_DIR [--dtype float16]
 
 Every checkpoint is optional: a part not given is absent from the bundle (``load_bundle`` says which
 parts it found). Without ``--face-controlnet`` the bundle is pose-only X-Dyna.
+``--official`` finds every part of the official folder (``official.py``) and takes the model config from the
+folder's own configs (``official_config.py``); ``--hub`` downloads that set first (``hub.py``). Part flags
+still replace single parts. A part flag may name a checkpoint's folder when it holds one checkpoint.
 """
 from __future__ import annotations
 
@@ -43,13 +48,46 @@ def _bundle(args) -> None:
         raise PortingError(f"{out} exists (use --force to overwrite)")
     if not out.parent.is_dir():
         raise PortingError(f"{out.parent}: no such directory for the bundle")
-    cfg = models_config(args.config, args.preset, args.set)
+    base = models_config(args.config, args.preset, args.set)
     files = {k: getattr(args, k) for k in _FILES if getattr(args, k) is not None}
+    head, tokenizer = [], args.tokenizer
+    if args.official is not None or args.hub:
+        cfg, files, tokenizer, head = _official_inputs(args, base, files)
+        print("\n".join(head), flush=True)
+    elif args.revision or args.offline or args.xdyna_yaml:
+        raise PortingError("--revision, --offline and --xdyna-yaml go with --official or --hub")
+    else:
+        from .official import given_file
+
+        cfg, files = base, {k: given_file(k, v) for k, v in files.items()}
     params, cfg, report = convert_bundle(cfg, **files)
-    save_bundle(out, params, cfg, report, tokenizer=args.tokenizer, force=args.force,
+    save_bundle(out, params, cfg, "\n".join(head + [report]), tokenizer=tokenizer, force=args.force,
                 sources={k: str(Path(v).absolute()) for k, v in files.items()})
-    print(report)
+    print(report)  # the head (what was found, the configs) was printed before converting
     print(f"wrote {out} (parts: {', '.join(sorted(params))})")
+
+
+def _official_inputs(args, base, files):
+    """(config, convert_bundle files, tokenizer, report head) of the official folder or the hub's copy."""
+    from . import hub, official, official_config
+
+    if args.official and args.hub:
+        raise PortingError(f"--official {args.official} and --hub: give the folder or the hub, not both")
+    if not args.official and not args.hub:
+        raise PortingError("--official needs the official pretrained_weights/ folder (or add --hub to download it)")
+    if args.hub:
+        roots, head = hub.download(hub.parse_revisions(args.revision), args.offline)
+        where, search = "the Hugging Face Hub", []
+    else:
+        if args.revision or args.offline:
+            raise PortingError("--revision and --offline go with --hub")
+        roots, head = official.folder_roots(args.official), []
+        where, search = str(roots.mounts[0][1]), [roots.mounts[0][1], roots.mounts[0][1].parent]
+    yaml_path, yaml_note = official.find_xdyna_yaml(args.xdyna_yaml, search)
+    parts = official.find_parts(roots, files, args.tokenizer, where)
+    stated = f"--config {args.config}" if args.config else (f"--preset {args.preset}" if args.preset else None)
+    cfg, cfg_lines = official_config.models_config(parts, base, stated, args.set, yaml_path, args.preset or "sd15")
+    return cfg, parts.files, parts.tokenizer, head + parts.lines + [yaml_note] + cfg_lines
 
 
 def _export_bundle(args) -> None:
@@ -71,12 +109,26 @@ def add_commands(sub, dtypes) -> None:
     """Register ``bundle`` and ``export-bundle`` on the porting CLI's sub-parsers."""
     b = sub.add_parser("bundle", help="the official checkpoint set -> one bundle folder (all networks)")
     b.add_argument("--out", required=True, help="output bundle folder")
+    b.add_argument("--official", nargs="?", const="", metavar="DIR",
+                   help="the official pretrained_weights/ folder, laid out as bytedance/X-Dyna's README: every part "
+                        "and its config from there (part flags still replace single parts)")
+    b.add_argument("--hub", action="store_true",
+                   help="download the official set from the Hugging Face Hub into its cache (Boese0601/X-Dyna, "
+                        "stable-diffusion-v1-5/stable-diffusion-v1-5, h94/IP-Adapter; only the files needed)")
+    b.add_argument("--revision", action="append", default=[], metavar="REV|REPO=REV",
+                   help="with --hub: a revision of Boese0601/X-Dyna, or REPO=REV for another source (default main)")
+    b.add_argument("--offline", action="store_true",
+                   help="with --hub: use the hub cache only (as HF_HUB_OFFLINE=1)")
+    b.add_argument("--xdyna-yaml", help="with --official/--hub: the official configs/x_dyna.yaml (default: "
+                                        "DIR/configs/ or DIR/../configs/; else the preset's X-Dyna settings)")
     b.add_argument("--config", help="ModelsConfig YAML (configs/sd15.yaml)")
     b.add_argument("--preset", choices=tuple(PRESETS), help="configs/<preset>.yaml (default sd15)")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config override, e.g. unet.param_dtype=bfloat16")
-    b.add_argument("--unet", help="X-Dyna UNet checkpoint (unet-checkpoint-epoch-5.ckpt), or a full UNet state dict")
-    b.add_argument("--unet-init", help="UNet init file (animatediff_v15_v1_ipplus.pth) that --unet is overlaid on")
+    b.add_argument("--unet", help="X-Dyna UNet checkpoint (unet-checkpoint-epoch-5.ckpt, or its folder), or a full "
+                                  "UNet state dict")
+    b.add_argument("--unet-init", help="UNet init file (animatediff_v15_v1_ipplus.pth, or SD1.5's unet/ holding it) "
+                                       "that --unet is overlaid on")
     b.add_argument("--pose-controlnet", help="pose ControlNet .ckpt or diffusers folder")
     b.add_argument("--face-controlnet", help="S-Face ControlNet .ckpt or diffusers folder")
     b.add_argument("--ip-adapter", help="ip-adapter-plus_sd15.bin (its image_proj: the Resampler)")

@@ -243,3 +243,21 @@ def load_clip_text(path, cfg=None) -> tuple[dict, Any]:
     projection head iff the file has ``text_projection.weight``). Returns (params, cfg).
     """
     return _load_clip(path, cfg, "CLIPTextConfig")
+
+
+# which config class reads a folder's config.json, and with which constructor
+_JSON_CONFIGS = {"controlnet": ("ControlNetConfig", "from_diffusers"), "vae": ("VAEConfig", "from_diffusers"),
+                 "clip_vision": ("CLIPVisionConfig", "from_hf"), "clip_text": ("CLIPTextConfig", "from_hf")}
+
+
+def config_from_json(path, kind: str) -> Any:
+    """Our config of ``kind`` (controlnet, vae, clip_vision, clip_text) from a diffusers / transformers
+    ``config.json``, as the folder loaders above read it; errors name the file."""
+    from xdyna_jax import models
+
+    cls_name, ctor = _JSON_CONFIGS[kind]
+    path = Path(path)
+    try:
+        return getattr(getattr(models, cls_name), ctor)(_read_config_json(path))
+    except (ValueError, TypeError) as e:
+        raise PortingError(f"{path}: {e}") from e
