@@ -165,10 +165,11 @@ def initial_params(run: TrainRunConfig, mesh):
 
 
 def mesh_devices(mesh_cfg):
-    """All devices, or the first data*fsdp*tensor of them when every axis is given (a smaller mesh)."""
+    """All devices, or the first data*fsdp*tensor (x the DCN slice counts) of them when every axis is given
+    (a smaller mesh)."""
     sizes = (mesh_cfg.data, mesh_cfg.fsdp, mesh_cfg.tensor)
     devices = jax.devices()
-    return devices if -1 in sizes else devices[:int(np.prod(sizes))]
+    return devices if -1 in sizes else devices[:int(np.prod(sizes)) * int(np.prod(mesh_cfg.dcn))]
 
 
 def train(run: TrainRunConfig, workdir, *, out=print, params=None, source=None, evaluator=None) -> dict:
