@@ -177,8 +177,8 @@ def test_embedded_default_without_examples_generates_its_inputs(tmp_path):
 
 
 def test_embedded_default_animates_a_held_out_clip_with_the_trained_weights(examples_dir, tmp_path, capsys):
-    """No arguments (here fewer frames and steps): the tiny world's committed weights on a held-out clip with its
-    own skeleton and face condition, and on the real example (out of domain, no face condition)."""
+    """No arguments (here fewer frames and steps): the tiny world's committed weights (pose-only X-Dyna) on a
+    held-out clip with its own skeleton, and on the real example (out of domain)."""
     if not (sample.TINY_WORLD / "config.yaml").is_file():
         pytest.skip(f"{sample.TINY_WORLD} is not in the repository yet (docs/TINY_WORLD.md: not shipped until it "
                     f"beats the static baseline)")
@@ -188,7 +188,7 @@ def test_embedded_default_animates_a_held_out_clip_with_the_trained_weights(exam
     assert code == 0, printed.err
     assert "tiny world's trained weights" in printed.out and "out of the tiny world's domain" in printed.out
     assert _read(out / "world_test_000.mp4").shape == (4, 128, 128, 3)
-    # reference | ground truth | face global | face local | skeleton | result
-    assert _read(out / "world_test_000_grid.mp4").shape == (4, 128, 6 * 128, 3)
-    # reference | skeleton | result: the all-black face condition has no panels
+    # reference | ground truth | skeleton | result
+    assert _read(out / "world_test_000_grid.mp4").shape == (4, 128, 4 * 128, 3)
+    # reference | skeleton | result
     assert _read(out / "example_1_out_of_domain_grid.mp4").shape == (4, 128, 3 * 128, 3)

@@ -126,27 +126,29 @@ def test_the_recipe_first_stage_runs_shortened_and_is_skipped_when_re_run(tmp_pa
 
 
 def test_the_recipe_runs_its_stages_in_order(tmp_path, monkeypatch):
-    """vae -> full -> export, whatever order --stages names them in: a stage whose predecessor has not finished
-    is a named error; the full stage starts from the vae bundle at the latent scale measured on it; a stage is
-    stale once its predecessor has been re-run."""
+    """vae -> full -> tune -> export, whatever order --stages names them in: a stage whose predecessor has not
+    finished is a named error; full starts from the vae bundle at the latent scale measured on it, tune from the
+    full bundle at the scale that stage trained with; a stage is stale once its predecessor has been re-run."""
+    from helpers import tiny_models_config
+    from xdyna_jax import config as config_lib
     from xdyna_jax.cli import UserError
     from xdyna_jax.world import recipe
 
-    assert recipe.STAGES == ("vae", "full", "export")
+    assert recipe.STAGES == ("vae", "full", "tune", "export")
     argv = ["--workdir", str(tmp_path), "--out", str(tmp_path / "w"), "--stages"]
-    for stage, missing, prev in [("full", "vae_bundle", "vae"), ("export", "full_bundle", "full"),
-                                 ("export,full", "vae_bundle", "vae")]:
+    for stage, missing, prev in [("full", "vae_bundle", "vae"), ("tune", "full_bundle", "full"),
+                                 ("export", "tune_bundle", "tune"), ("export,full", "vae_bundle", "vae")]:
         with pytest.raises(UserError, match=rf"--stages {stage.split(',')[-1]}: .*{missing} is not finished "
                                             rf"\(run the {prev} stage first\)"):
             recipe.main(argv + [stage])
+    ran = []
+    monkeypatch.setattr(recipe, "run_stage", lambda name, cmd, bundle, out=print, after=None:
+                        ran.append((name, cmd, bundle, after)))
     # a finished vae stage whose latent scale was measured as 0.77: full runs from it at 0.77
     vae = tmp_path / "vae_bundle"
     vae.mkdir()
     (vae / "latent_scale.json").write_text(json.dumps({"scaling_factor": 0.77}))
     (vae / recipe.STAMP).write_text(json.dumps({"command": ["x"], "seconds": 1.0, "after": None}))
-    ran = []
-    monkeypatch.setattr(recipe, "run_stage", lambda name, cmd, bundle, out=print, after=None:
-                        ran.append((name, cmd, bundle, after)))
     recipe.main(argv + ["full", "--full", "train.steps=3"])
     ((name, full, bundle, after),) = ran
     assert name == "full" and bundle == tmp_path / "full_bundle" and after == {"command": ["x"], "seconds": 1.0,
@@ -154,12 +156,24 @@ def test_the_recipe_runs_its_stages_in_order(tmp_path, monkeypatch):
     assert full[full.index("--config") + 1].endswith("train_world_full.yaml")
     assert full[full.index("--export") + 1] == str(tmp_path / "full_bundle")
     assert f"train.init={vae}" in full and "models.vae.scaling_factor=0.77" in full and full[-1] == "train.steps=3"
+    # a finished full stage whose models were trained at latent scale 0.66: tune runs from it at 0.66
+    fb = tmp_path / "full_bundle"
+    fb.mkdir()
+    cfg = tiny_models_config()
+    cfg = dataclasses.replace(cfg, vae=dataclasses.replace(cfg.vae, scaling_factor=0.66))
+    (fb / "config.yaml").write_text(yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
+    full_stamp = {"command": full[1:], "after": after}
+    (fb / recipe.STAMP).write_text(json.dumps(full_stamp))
+    ran.clear()
+    recipe.main(argv + ["tune", "--tune", "train.steps=2"])
+    ((name, tune, bundle, tafter),) = ran
+    assert name == "tune" and bundle == tmp_path / "tune_bundle" and tafter == full_stamp
+    assert tune[tune.index("--config") + 1].endswith("train_world_tune.yaml")
+    assert f"train.init={fb}" in tune and "models.vae.scaling_factor=0.66" in tune and tune[-1] == "train.steps=2"
     # the stamp ties a finished stage to its predecessor's stamp
-    (tmp_path / "full_bundle").mkdir()
-    (tmp_path / "full_bundle" / recipe.STAMP).write_text(json.dumps({"command": full[1:], "after": after}))
-    assert recipe._done(tmp_path / "full_bundle", full, after)
-    assert not recipe._done(tmp_path / "full_bundle", full, {**after, "seconds": 2.0})  # vae was re-run
-    assert not recipe._done(tmp_path / "full_bundle", full[:-1], after)  # other overrides
+    assert recipe._done(fb, full, after)
+    assert not recipe._done(fb, full, {**after, "seconds": 2.0})  # vae was re-run
+    assert not recipe._done(fb, full[:-1], after)  # other overrides
 
 
 def test_the_world_configs_load_and_train_pose_only_x_dyna_at_zero_terminal_snr():
@@ -180,6 +194,9 @@ def test_the_world_configs_load_and_train_pose_only_x_dyna_at_zero_terminal_snr(
     assert {m.unet.norm_num_groups, m.unet.motion_module_kwargs.norm_num_groups, m.pose_controlnet.norm_num_groups} == {8}
     assert min(m.unet.block_out_channels) // 8 >= 4
     assert full.data.source == "pool" and full.train.ema_decay > 0 and full.train.timestep_shift > 1
+    tune = train_config.load(CONFIGS / "train_world_tune.yaml")
+    assert tune.models == full.models and tune.train.stage == full.train.stage and tune.data.source == "pool"
+    assert tune.train.timestep_shift < 1 and tune.train.ema_decay > 0
     # the embedded sampler starts from pure noise at the schedule's last step, where training's noisiest is
     raw = yaml.safe_load((CONFIGS / "sample_tiny_world.yaml").read_text())["sample"]
     assert raw["strength"] == 1.0 and raw["timestep_spacing"] == "trailing"

@@ -118,3 +118,59 @@ def make_probe(run, params, models, log=print, clips: int = 4, timesteps=(800,))
     log(f"probe: {clips} held-out clips, one-step x0 at t = {', '.join(map(str, timesteps))} "
         f"(static reference's figure IoU {static:.3f})")
     return probe
+
+
+def probe_checkpoint(workdir, clips: int = 4, log=print) -> dict:
+    """The probe of a run's latest checkpoint, for both its EMA (``probe_*``) and its raw weights
+    (``raw_probe_*``): an EMA from step 0 lags the raw weights by about 1 / (1 - decay) steps, so early in a
+    run (a pilot) only the raw weights say whether the recipe moves."""
+    from pathlib import Path
+
+    from xdyna_jax import config as config_lib
+    from xdyna_jax.sharding import make_mesh
+    from xdyna_jax.training import checkpoint, loop
+    from xdyna_jax.training.config import TrainRunConfig
+    from xdyna_jax.training.state import init_state, models_for_training
+
+    manager = checkpoint.make_manager(Path(workdir) / "checkpoints")
+    try:
+        step = manager.latest_step()
+        if step is None:
+            from xdyna_jax.cli import UserError
+
+            raise UserError(f"--workdir {workdir}: no checkpoint")
+        import orbax.checkpoint as ocp
+
+        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        run = config_lib.from_dict(TrainRunConfig, meta["config"])
+        mesh = make_mesh(run.mesh, loop.mesh_devices(run.mesh))
+        state = init_state(run, mesh, loop.initial_params(run, mesh))
+        state, _ = checkpoint.restore_latest(manager, state, run)
+    finally:
+        manager.close()
+    models = models_for_training(run)
+    probe = make_probe(run, merge(state.trainable, state.frozen), models, log, clips=clips)
+    out = {"step": int(state.step), **probe(state)}
+    out.update({f"raw_{k}": v for k, v in probe(state._replace(ema=None)).items()})
+    return out
+
+
+def main(argv=None) -> int:
+    import json
+
+    from xdyna_jax import cli
+
+    p = cli.ArgumentParser(prog="python -m xdyna_jax.world.probe", description=probe_checkpoint.__doc__.splitlines()[0])
+    p.add_argument("--workdir", required=True, help="a train.py workdir of a world denoiser stage")
+    p.add_argument("--clips", type=cli.int_range(1), default=4)
+    args = p.parse_args(argv)
+    print(json.dumps(probe_checkpoint(args.workdir, args.clips)))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from xdyna_jax import cli
+
+    sys.exit(cli.run(main))

@@ -1,7 +1,7 @@
 """The tiny world's recipe (``make tiny-world``): every stage through ``train.py``, resumable, with progress.
 
 ``python -m xdyna_jax.world.recipe [--workdir runs/tiny_world] [--out weights/tiny_world]
-[--stages vae,full,export] [--vae KEY=VALUE ...] [--full KEY=VALUE ...]``
+[--stages vae,full,tune,export] [--vae KEY=VALUE ...] [--full KEY=VALUE ...] [--tune KEY=VALUE ...]``
 
 1. ``vae``: ``train.py --config configs/train_world_vae.yaml --workdir {workdir}/vae --export {workdir}/vae_bundle``;
 2. ``full``: ``train.py --config configs/train_world_full.yaml --workdir {workdir}/full --export
@@ -9,7 +9,10 @@
    Resampler over the stage-1 VAE, on a pre-encoded pool; the bundle holds the EMA of the weights).
    ``S`` = 1 / std of the trained VAE's latent means over training frames (``latent_scale``), the rule that
    gave SD1.5 its 0.18215: the diffusion schedule assumes unit-variance latents;
-3. ``export``: the full bundle as bf16 official-named safetensors + ``config.yaml`` in ``--out``.
+3. ``tune``: ``train.py --config configs/train_world_tune.yaml --workdir {workdir}/tune --export
+   {workdir}/tune_bundle train.init={workdir}/full_bundle models.vae.scaling_factor=S``: the same networks
+   trained on with the timesteps drawn toward the clean end, where the full stage's predictions add speckle;
+4. ``export``: the tune bundle as bf16 official-named safetensors + ``config.yaml`` in ``--out``.
 
 Each stage runs in its own process (one JAX runtime per stage, as a user would run them) and resumes on
 its own workdir: ``train.py`` restarts from the last checkpoint, and a stage whose bundle was written by the
@@ -29,11 +32,13 @@ import time
 from pathlib import Path
 
 from xdyna_jax import cli
+from xdyna_jax import config as config_lib
+from xdyna_jax.models.xdyna import ModelsConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = REPO_ROOT / "configs"
-STAGES = ("vae", "full", "export")
-PREVIOUS = {"full": "vae", "export": "full"}  # the stage whose bundle each one starts from
+STAGES = ("vae", "full", "tune", "export")
+PREVIOUS = {"full": "vae", "tune": "full", "export": "tune"}  # the stage whose bundle each one starts from
 STAMP = "recipe_done.json"  # written into a bundle folder once its stage has finished and exported
 
 
@@ -72,7 +77,7 @@ def latent_scale(bundle: Path, frames: int = 64, seed: int = 12345) -> float:
     return scale
 
 
-def stage_commands(workdir: Path, vae_overrides=(), full_overrides=(),
+def stage_commands(workdir: Path, vae_overrides=(), full_overrides=(), tune_overrides=(),
                    scale: float | None = None) -> dict[str, list[str]]:
     """The ``train.py`` command line of each training stage (``scale``: the denoiser stages' latent scale)."""
     train_py = str(REPO_ROOT / "train.py")
@@ -83,6 +88,9 @@ def stage_commands(workdir: Path, vae_overrides=(), full_overrides=(),
         "full": [sys.executable, train_py, "--config", str(CONFIGS / "train_world_full.yaml"),
                  "--workdir", str(workdir / "full"), "--export", str(workdir / "full_bundle"),
                  f"train.init={workdir / 'vae_bundle'}", *scaled, *full_overrides],
+        "tune": [sys.executable, train_py, "--config", str(CONFIGS / "train_world_tune.yaml"),
+                 "--workdir", str(workdir / "tune"), "--export", str(workdir / "tune_bundle"),
+                 f"train.init={workdir / 'full_bundle'}", *scaled, *tune_overrides],
     }
 
 
@@ -151,8 +159,20 @@ def export_weights(bundle: Path, out_dir: Path, out=print) -> list[Path]:
     return [out_dir / f.name for f in files]
 
 
+def read_probe(path: Path) -> dict[int, dict]:
+    """{step: probe record} of a metrics.jsonl (the records ``train.eval_every`` writes; the last of a step wins)."""
+    out = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            r = json.loads(line) if line.strip() else {}
+            if any(k.startswith("probe_") for k in r):
+                out[int(r["step"])] = r
+    return out
+
+
 def plot_losses(workdir: Path, png: Path, window: int = 25) -> Path:
-    """Each stage's training loss (raw and a running mean over ``window`` logged steps) as one PNG."""
+    """Each stage's training loss (raw and a running mean over ``window`` logged steps), and the full stage's
+    probe (one-step x0 at t = 800 on held-out clips: figure IoU against the static reference's) as one PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -161,8 +181,9 @@ def plot_losses(workdir: Path, png: Path, window: int = 25) -> Path:
 
     from xdyna_jax.training.loop import read_losses
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for ax, stage, what in zip(axes, ("vae", "full"), ("reconstruction MSE + KL + LPIPS", "v-prediction MSE")):
+    fig, axes = plt.subplots(1, 4, figsize=(20, 3.6))
+    for ax, stage, what in zip(axes, ("vae", "full", "tune"), ("reconstruction MSE + KL + LPIPS", "v-prediction MSE",
+                                                               "v-prediction MSE, t toward the clean end")):
         losses = read_losses(workdir / stage / "metrics.jsonl")
         steps = np.array(sorted(losses))
         if len(steps):
@@ -172,6 +193,17 @@ def plot_losses(workdir: Path, png: Path, window: int = 25) -> Path:
             ax.plot(steps[k - 1:], np.convolve(y, np.ones(k) / k, mode="valid"), color="C0", label=f"mean of {k}")
             ax.legend()
         ax.set(title=f"{stage}: {what}", xlabel="step", ylabel="loss", yscale="log")
+    offset = max(read_losses(workdir / "full" / "metrics.jsonl"), default=0)  # tune's steps continue full's
+    probe = {**read_probe(workdir / "full" / "metrics.jsonl"),
+             **{s + offset: r for s, r in read_probe(workdir / "tune" / "metrics.jsonl").items()}}
+    ax = axes[3]
+    if probe:
+        steps = sorted(probe)
+        for key, label, color in (("probe_figure_iou_t800", "figure IoU", "C0"), ("probe_lpips_t800", "LPIPS", "C1")):
+            ax.plot(steps, [probe[s].get(key, np.nan) for s in steps], "o-", color=color, label=label, ms=3)
+        ax.axhline(probe[steps[0]]["probe_static_iou"], color="C0", ls="--", lw=1, label="static figure IoU")
+        ax.legend(fontsize=8)
+    ax.set(title="one-step x0 at t = 800, held-out clips (full, then tune)", xlabel="step")
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=100)
@@ -186,6 +218,7 @@ def main(argv=None) -> int:
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     p.add_argument("--vae", action="append", default=[], metavar="KEY=VALUE", help="override of the vae stage")
     p.add_argument("--full", action="append", default=[], metavar="KEY=VALUE", help="override of the full stage")
+    p.add_argument("--tune", action="append", default=[], metavar="KEY=VALUE", help="override of the tune stage")
     args = p.parse_args(argv)
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     bad = [s for s in stages if s not in STAGES]
@@ -213,7 +246,9 @@ def main(argv=None) -> int:
             info = json.loads((before / "latent_scale.json").read_text())
             print(f"[tiny-world] the trained VAE: latent scale {scale} (1 / std of its latent means), "
                   f"reconstruction PSNR {info.get('reconstruction_psnr_db')} dB on unseen frames", flush=True)
-        cmd = stage_commands(workdir, args.vae, args.full, scale)[name]
+        elif name == "tune":  # the scale the full stage trained with (its bundle's config), whatever set it
+            scale = config_lib.load(ModelsConfig, before / "config.yaml").vae.scaling_factor
+        cmd = stage_commands(workdir, args.vae, args.full, args.tune, scale)[name]
         run_stage(name, cmd, workdir / f"{name}_bundle", after=after)
     print(f"[tiny-world] all done in {(time.perf_counter() - t0) / 60:.1f} min", flush=True)
     return 0

@@ -97,13 +97,10 @@ def figure_lpips(video: np.ndarray, case: dict) -> float:
 
 
 def _span(lo: int, hi: int, size: int) -> tuple[int, int]:
-    """[lo, hi) grown symmetrically to at least MIN_CROP (within [0, size))."""
-    need = min(MIN_CROP, size) - (hi - lo)
-    if need > 0:
-        lo = max(0, lo - need // 2 - need % 2)
-        hi = min(size, lo + max(hi - lo, min(MIN_CROP, size)))
-        lo = max(0, hi - min(MIN_CROP, size)) if hi - lo < min(MIN_CROP, size) else lo
-    return int(lo), int(hi)
+    """A window of at least MIN_CROP (at most ``size``) pixels centred on [lo, hi), kept inside [0, size)."""
+    want = min(max(hi - lo, MIN_CROP), size)
+    start = min(max(0, (lo + hi) // 2 - want // 2), size - want)
+    return int(start), int(start + want)
 
 
 def clip_scores(video: np.ndarray, case: dict) -> dict:
@@ -214,7 +211,9 @@ def main(argv=None) -> int:
     if not (weights / "config.yaml").is_file():
         raise cli.UserError(f"--weights {args.weights}: not an exported tiny-world folder (config.yaml expected; "
                             f"`make tiny-world` writes one)")
-    cfg = run.load_run_config(args.config, [f"sample.steps={args.steps}", "sample.strength=1.0", *args.overrides])
+    # 4 clips per compiled batch: fewer, fuller calls than the embedded default's one job (overridable)
+    cfg = run.load_run_config(args.config, [f"sample.steps={args.steps}", "sample.strength=1.0", "sample.batch_size=4",
+                                            *args.overrides])
     run.check_config(cfg)
     out = cli.check_output_path(args.out, kind="dir", option="--out")
     try:
