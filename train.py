@@ -79,21 +79,17 @@ def distributed_initialize(jax) -> None:
 
 
 def export_latest(run, workdir, out):
-    """The latest checkpoint of ``workdir`` (over freshly initialised frozen params) as a bundle folder."""
-    from xdyna_jax.sharding import make_mesh
-    from xdyna_jax.training import checkpoint, loop
-    from xdyna_jax.training.state import init_state
+    """The latest checkpoint of ``workdir`` (over freshly initialised frozen params) as a bundle folder: the
+    training runtime built without data (mesh, state, restore), so the export is exactly what was saved."""
+    from xdyna_jax.training import checkpoint, runtime
 
-    mesh = make_mesh(run.mesh, loop.mesh_devices(run.mesh))
-    state = init_state(run, mesh, loop.initial_params(run, mesh))
-    manager = checkpoint.make_manager(Path(workdir) / "checkpoints", run.train.max_to_keep)
+    rt = runtime.build(run, workdir, data=False, out=lambda *_: None)
     try:
-        restored = checkpoint.restore_latest(manager, state, run)
+        if rt.meta is None:
+            raise cli.UserError(f"--workdir {workdir}: no checkpoint to export")
+        return checkpoint.export_params(rt.state, run, out)
     finally:
-        manager.close()
-    if restored is None:
-        raise cli.UserError(f"--workdir {workdir}: no checkpoint to export")
-    return checkpoint.export_params(restored[0], run, out)
+        runtime.close(rt)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""train.py as a process: bad input, SIGKILL + resume equal to an uninterrupted run exactly, SIGTERM saves and
-exits 0, and the default run's loss falls (at a shortened length)."""
+"""train.py as a process: bad input, SIGKILL + resume equal to an uninterrupted run exactly, --export writes the
+final checkpoint's params, SIGTERM saves and exits 0, and the default run's loss falls (at a shortened length)."""
 from __future__ import annotations
 
 import json
@@ -18,8 +18,8 @@ ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_plat
 SMALL = [*MICRO_TRAIN, "train.batch_size=2"]  # the micro networks (helpers.py): a short compile
 
 
-def train_cmd(workdir, *extra):
-    return [sys.executable, str(REPO_ROOT / "train.py"), "--workdir", str(workdir), *SMALL, *extra]
+def train_cmd(workdir, *extra, options=()):
+    return [sys.executable, str(REPO_ROOT / "train.py"), "--workdir", str(workdir), *options, *SMALL, *extra]
 
 
 def records(workdir) -> dict[int, dict]:
@@ -41,6 +41,9 @@ def test_unknown_key_is_one_line_exit_2(capsys):
     assert len(err) == 1 and err[0].startswith("error:") and "stepz" in err[0]
     assert cli.run(train.main, ["train.stage=nope"]) == 2
     assert "nope" in capsys.readouterr().err
+    assert cli.run(train.main, ["train.profile=5"]) == 2  # a malformed profile window, before JAX starts
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: train.profile='5'")
 
 
 def _final_trainable(workdir, step):
@@ -51,9 +54,13 @@ def _final_trainable(workdir, step):
 
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    """(The uninterrupted run also exports: its bundle holds the final checkpoint's trainable params.)"""
     steps = ["train.steps=10", "train.save_every=2"]
     ref = tmp_path / "ref"
-    subprocess.run(train_cmd(ref, *steps), env=ENV, check=True, capture_output=True, timeout=900)
+    ref_done = subprocess.run(train_cmd(ref, *steps, options=["--export", str(tmp_path / "bundle")]), env=ENV,
+                              capture_output=True, text=True, timeout=900)
+    assert ref_done.returncode == 0, ref_done.stderr[-2000:]
+    assert f"exported the trained params to {tmp_path / 'bundle'}" in ref_done.stdout
 
     run = tmp_path / "run"
     proc = subprocess.Popen(train_cmd(run, *steps), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -71,9 +78,22 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     a, b = records(ref), records(run)
     assert sorted(b) == list(range(1, 11))
     for s in range(resumed + 1, 11):  # the steps after the resume point are bit-identical
-        assert (a[s]["loss"], a[s]["grad_norm"]) == (b[s]["loss"], b[s]["grad_norm"]), s
+        keys = ("loss", "grad_norm", "update_norm", "param_norm")
+        assert [a[s][k] for k in keys] == [b[s][k] for k in keys], s
     for x, y in zip(*(jax_leaves(_final_trainable(w, 10)) for w in (ref, run))):
         np.testing.assert_array_equal(x, y)
+    _check_export(tmp_path / "bundle", _final_trainable(ref, 10))
+
+
+def _check_export(bundle, trainable):
+    import orbax.checkpoint as ocp
+    from flax.traverse_util import flatten_dict
+
+    with ocp.StandardCheckpointer() as c:
+        exported = flatten_dict(c.restore(bundle / "params"), sep="/")
+    for k, v in flatten_dict(trainable, sep="/").items():
+        np.testing.assert_array_equal(np.asarray(exported[k]), np.asarray(v), err_msg=k)
+    assert any(k.startswith("vae/") for k in exported)  # the frozen parts too
 
 
 def jax_leaves(tree):

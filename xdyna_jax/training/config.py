@@ -57,6 +57,12 @@ class TrainConfig:
     max_to_keep: int = 3
     log_every: int = 1
     eval_every: int = 0                   # > 0: the caller's evaluator every so many steps (train.py: the world's probe)
+    # > 0 (with eval_every > 0): also the mean loss of the current params (EMA when kept) on this many held-out
+    # batches of the world's test split, drawn once, each with a fixed rng: logged as eval_loss (loop.py)
+    eval_batches: int = 0
+    # "START:STEPS": a jax.profiler trace of steps START+1 .. START+STEPS in {workdir}/profile (TensorBoard /
+    # XProf layout); "" = off. Quote it in YAML ("10:5"): YAML 1.1 reads 10:5 as a base-60 number
+    profile: str = ""
     init: str = "model"                   # the models' own initialisers, "random" (seeded normal), or a bundle folder
     # networks (params parts, e.g. [vae]) whose weight kernels start at He scale instead of torch's default
     # (training from nothing, init=model only; state.he_scale says why)
@@ -99,7 +105,24 @@ class TrainRunConfig:
 # keys that may change between a run and its resume (how long, how often, on what hardware);
 # everything else must match the checkpoint
 RESUMABLE_CHANGES = ("train.steps", "train.save_every", "train.max_to_keep", "train.log_every", "train.eval_every",
-                     "train.debug_nan_step", "mesh.", "data.num_threads", "data.prefetch", "data.data_dir")
+                     "train.eval_batches", "train.profile", "train.debug_nan_step", "mesh.", "data.num_threads",
+                     "data.prefetch", "data.data_dir")
+
+
+def profile_window(spec: str) -> tuple[int, int] | None:
+    """(START, STEPS) of ``train.profile`` = "START:STEPS" (the steps START+1 .. START+STEPS), None when ""."""
+    if spec == "":
+        return None
+    parts = spec.split(":")
+    try:
+        start, steps = int(parts[0]), int(parts[-1])
+        ok = len(parts) == 2 and start >= 0 and steps >= 1
+    except ValueError:
+        ok = False
+    if not ok:
+        raise UserError(f"train.profile={spec!r}: expected START:STEPS, integers with START >= 0 and STEPS >= 1 "
+                        f"(e.g. 10:5 traces steps 11 to 15), or an empty string for no trace")
+    return start, steps
 
 
 def load(path: Optional[str | Path], overrides: Sequence[str] = ()) -> TrainRunConfig:
@@ -122,6 +145,12 @@ def check(cfg: TrainRunConfig) -> None:
             raise UserError(f"train.{k}={getattr(t, k)}: expected an integer >= 1")
     if t.eval_every < 0:
         raise UserError(f"train.eval_every={t.eval_every}: expected an integer >= 0 (0 = no evaluation)")
+    if t.eval_batches < 0:
+        raise UserError(f"train.eval_batches={t.eval_batches}: expected an integer >= 0 (0 = no held-out loss)")
+    if t.eval_batches > 0 and cfg.data.source == "dataset":
+        raise UserError(f"train.eval_batches={t.eval_batches} draws held-out batches from the tiny world's test split; "
+                        f"data.source=dataset has no held-out split (set train.eval_batches=0)")
+    profile_window(t.profile)  # names a malformed window
     if t.batch_size % t.accum_steps:
         raise UserError(f"train.batch_size={t.batch_size} is not divisible by train.accum_steps={t.accum_steps}")
     if t.height % 8 or t.width % 8 or min(t.height, t.width) < 8:

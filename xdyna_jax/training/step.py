@@ -44,7 +44,10 @@ def train_step(state: TrainState, batch, *, run, models):
     ema = state.ema
     if ema is not None:
         ema = jax.tree.map(lambda e, p: t.ema_decay * e + (1.0 - t.ema_decay) * p, ema, trainable)
-    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "learning_rate": learning_rate(t)(state.step)}
+    # grad_norm before clipping; update_norm is the step AdamW applied (learning rate and decay included);
+    # param_norm of the params after it: a run that drifts or stalls shows in their ratio
+    metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "update_norm": optax.tree.norm(updates),
+               "param_norm": optax.tree.norm(trainable), "learning_rate": learning_rate(t)(state.step)}
     return TrainState(state.step + 1, trainable, opt_state, ema, state.frozen), metrics
 
 
@@ -64,8 +67,8 @@ def step_key_config(run):
 
     t = run.train
     steps = t.steps if t.schedule == "cosine" else 1
-    t = dataclasses.replace(t, steps=steps, save_every=1, max_to_keep=1, log_every=1, eval_every=0, debug_nan_step=-1,
-                            init="")
+    t = dataclasses.replace(t, steps=steps, save_every=1, max_to_keep=1, log_every=1, eval_every=0, eval_batches=0,
+                            profile="", debug_nan_step=-1, init="")
     return dataclasses.replace(run, train=t, data=type(run.data)(), mesh=type(run.mesh)())
 
 
