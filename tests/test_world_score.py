@@ -170,3 +170,11 @@ def test_committed_weights_metrics_json_is_the_contract(world_model, tmp_path):
     assert m["clips"] == 1 and m["seed"] == 9
     for v in VARIANTS:
         assert set(METRICS) <= set(m[v]) and all(np.isfinite(m[v][k]) for k in METRICS)
+
+
+def test_probe_cli_names_a_workdir_without_checkpoints_and_writes_nothing(tmp_path, capsys):
+    from xdyna_jax import cli
+    from xdyna_jax.world.probe import main
+
+    assert cli.run(main, ["--workdir", str(tmp_path / "run")]) == 2
+    assert "no checkpoints/ folder" in capsys.readouterr().err and not (tmp_path / "run").exists()

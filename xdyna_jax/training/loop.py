@@ -133,7 +133,7 @@ def run_loop(rt: Runtime) -> dict:
             rec = {}
             if rt.held_out:  # on every process: the held-out batches are global arrays
                 rec["eval_loss"] = eval_loss(rt)
-            if rt.evaluate is not None and lead:
+            if rt.evaluate is not None:  # on every process too: it may run compiled code on global arrays
                 rec.update({k: float(v) for k, v in rt.evaluate(rt.state).items()})
             if rec and lead:
                 logger.write({"step": step_no, **rec})

@@ -126,28 +126,30 @@ def probe_checkpoint(workdir, clips: int = 4, log=print) -> dict:
     run (a pilot) only the raw weights say whether the recipe moves."""
     from pathlib import Path
 
-    from xdyna_jax import config as config_lib
-    from xdyna_jax.sharding import make_mesh
-    from xdyna_jax.training import checkpoint, loop
-    from xdyna_jax.training.config import TrainRunConfig
-    from xdyna_jax.training.state import init_state, models_for_training
+    import orbax.checkpoint as ocp
 
+    from xdyna_jax import config as config_lib
+    from xdyna_jax.cli import UserError
+    from xdyna_jax.training import checkpoint, runtime
+    from xdyna_jax.training.config import TrainRunConfig
+    from xdyna_jax.training.state import models_for_training
+
+    if not (Path(workdir) / "checkpoints").is_dir():  # before the manager, which would create the folder
+        raise UserError(f"--workdir {workdir}: no checkpoints/ folder (a train.py workdir expected)")
     manager = checkpoint.make_manager(Path(workdir) / "checkpoints")
-    try:
+    try:  # the run's own config, from its latest checkpoint
         step = manager.latest_step()
         if step is None:
-            from xdyna_jax.cli import UserError
-
             raise UserError(f"--workdir {workdir}: no checkpoint")
-        import orbax.checkpoint as ocp
-
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        run = config_lib.from_dict(TrainRunConfig, meta["config"])
-        mesh = make_mesh(run.mesh, loop.mesh_devices(run.mesh))
-        state = init_state(run, mesh, loop.initial_params(run, mesh))
-        state, _ = checkpoint.restore_latest(manager, state, run)
     finally:
         manager.close()
+    run = config_lib.from_dict(TrainRunConfig, meta["config"])
+    rt = runtime.build(run, workdir, data=False, out=lambda *_: None)  # mesh, state, restore: as train.py does
+    try:
+        state = rt.state
+    finally:
+        runtime.close(rt)
     models = models_for_training(run)
     probe = make_probe(run, merge(state.trainable, state.frozen), models, log, clips=clips)
     out = {"step": int(state.step), **probe(state)}

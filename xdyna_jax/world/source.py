@@ -105,10 +105,6 @@ class PoolSource:
 
         t, d = run.train, run.data
         self.run, self.rows = run, host_rows(t.batch_size)
-        if d.pool_frames < t.frames:
-            from xdyna_jax.cli import UserError
-
-            raise UserError(f"data.pool_frames={d.pool_frames} is shorter than train.frames={t.frames}")
         tic = time.perf_counter()
         clips = [world_clip(t.seed, i, d.pool_frames, t.height, t.width, d.scene_ratio, d.split)
                  for i in range(d.pool_clips)]
