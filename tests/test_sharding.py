@@ -12,7 +12,7 @@ from official_weights import official_weights
 from xdyna_jax.models import UNet3D, UNet3DConfig, logical_axes, param_shapes
 from xdyna_jax.porting import official_entries, unet_params_from_torch
 from xdyna_jax.sharding import (MeshConfig, activation_sharding, batch_sharding, logical_to_mesh_spec, make_mesh,
-                                mesh_rules, param_shardings, replicated, shard)
+                                param_shardings, replicated, rules_with, shard)
 
 needs8 = pytest.mark.skipif(jax.device_count() < 8, reason="needs XLA_FLAGS=--xla_force_host_platform_device_count=8")
 
@@ -263,32 +263,36 @@ def test_activation_specs_leave_undividable_batches_to_xla():
 
 @needs8
 def test_mesh_rules_override_params_batches_and_activations():
+    """``mesh.rules`` is a table passed explicitly beside the mesh: two configs of one layout (the same
+    interned ``Mesh``) keep their own tables."""
     from xdyna_jax.models import xdyna
 
-    default = make_mesh(MeshConfig(data=2, fsdp=4))
-    geglu = (P("embed", "mlp"), (32, 256))
-    assert logical_to_mesh_spec(*geglu, default) == P("fsdp", "tensor")
-    over = make_mesh(MeshConfig(data=2, fsdp=4, rules=[["embed", None], ["batch", "data"], ["act_embed", "fsdp"]]))
-    assert over is default  # meshes are interned: the rules are those of the last make_mesh of a layout
-    rules = dict(mesh_rules(over))
+    default_cfg = MeshConfig(data=2, fsdp=4)
+    over_cfg = MeshConfig(data=2, fsdp=4, rules=[["embed", None], ["batch", "data"], ["act_embed", "fsdp"]])
+    default, over = make_mesh(default_cfg), make_mesh(over_cfg)
+    assert over is default  # meshes are interned by layout: a table cannot ride on the mesh
+    rules = dict(rules_with(over_cfg.rules))
     assert rules["embed"] is None and rules["batch"] == "data" and rules["heads"] == "tensor"  # others kept
-    assert logical_to_mesh_spec(*geglu, over) == P(None, "tensor")
-    assert batch_sharding(over, 3).spec == P("data", None, None)
+    geglu = (P("embed", "mlp"), (32, 256))
+    assert logical_to_mesh_spec(*geglu, over, rules_with(over_cfg.rules)) == P(None, "tensor")
+    assert batch_sharding(over, 3, rules_with(over_cfg.rules)).spec == P("data", None, None)
+    # the default table, whichever config made the mesh last
+    assert logical_to_mesh_spec(*geglu, default, rules_with(default_cfg.rules)) == P("fsdp", "tensor")
+    assert logical_to_mesh_spec(*geglu, default) == P("fsdp", "tensor")
+    assert batch_sharding(default, 3).spec == P(("data", "fsdp"), None, None)
 
-    # the models' param shardings (what training/state.py:state_shardings builds on) follow the mesh's table
+    # the models' param shardings (what training/state.py:state_shardings builds on) follow the table given
     cfg = tiny_models_config()
-    sh = xdyna.param_shardings(cfg, over)
-    assert sh["unet"]["up_blocks_1"]["attentions_0"]["transformer_blocks_0"]["ff"]["net_0"]["proj"][
-        "kernel"].spec == P(None, "tensor")
+    sh = xdyna.param_shardings(cfg, over, rules_with(over_cfg.rules))
+    ff = lambda tree: tree["unet"]["up_blocks_1"]["attentions_0"]["transformer_blocks_0"]["ff"]["net_0"]["proj"]  # noqa: E731
+    assert ff(sh)["kernel"].spec == P(None, "tensor")
+    assert ff(xdyna.param_shardings(cfg, default))["kernel"].spec == P("fsdp", "tensor")
     # ... and the activation constraints: the residual stream's channels now over fsdp, batch over data
-    with activation_sharding(over):
+    with activation_sharding(over, rules_with(over_cfg.rules)):
         from xdyna_jax.models.blocks import pin
 
         lowered = jax.jit(lambda x: pin(x) * 2).lower(jnp.ones((2, 1, 4, 4, 64)))
     assert '[{"data"}, {}, {}, {}, {"fsdp"}]' in " ".join(constraints(lowered))
-
-    again = make_mesh(MeshConfig(data=2, fsdp=4))  # the default table again
-    assert logical_to_mesh_spec(*geglu, again) == P("fsdp", "tensor")
 
 
 @needs8
@@ -320,6 +324,8 @@ def test_train_step_is_lowered_with_the_configured_activation_rules():
     assert found and all('{"data", "fsdp"}, {}, {}, {}, {}]' in c for c in found), found[:3]
     run_off = dataclasses.replace(run, mesh=dataclasses.replace(run.mesh, rules={"batch": None}))
     mesh = make_mesh(run_off.mesh)
-    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding(mesh, v.ndim)) for k, v in batch.items()}
+    off = rules_with(run_off.mesh.rules)
+    batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding(mesh, v.ndim, off))
+             for k, v in batch.items()}
     found = constraints(sp.lower_step(run_off, st.models_for_training(run_off), mesh, state, batch))
     assert found and all('[{}, {}, {}, {}, {}]' in c for c in found), found[:3]

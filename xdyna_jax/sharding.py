@@ -5,10 +5,12 @@ them to the mesh axes ``data``, ``fsdp`` and ``tensor``. A dimension whose size 
 mesh axes is replicated instead (small convs such as the 3-channel ControlNet input), and a mesh axis
 goes to the first dimension that can take it, so one table serves every model size.
 
-``MeshConfig.rules`` overrides entries of the table by logical name (the others are kept); ``make_mesh``
-records the resulting table with the mesh it returns, and every function here that takes a mesh uses that
-table unless given ``rules``. Activations follow the same table: the UNet and ControlNet pin their residual
-stream with ``constrain`` inside ``activation_sharding(mesh)`` (the train step's compile enters it).
+``MeshConfig.rules`` overrides entries of the table by logical name (the others are kept):
+``rules_with(cfg.rules)`` is the table of a config. Every function here that places something takes
+``rules`` explicitly (default ``RULES``); a mesh carries no table, because meshes are interned by layout
+(two configs with one layout and different rules get the same ``Mesh``). Activations follow the same table:
+the UNet and ControlNet pin their residual stream with ``constrain`` inside ``activation_sharding(mesh,
+rules)`` (the train step's compile enters it).
 """
 from __future__ import annotations
 
@@ -16,7 +18,6 @@ import contextlib
 import contextvars
 import dataclasses
 import math
-import weakref
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -189,23 +190,11 @@ def device_grid(cfg: MeshConfig, devices: Sequence[Any]) -> np.ndarray:
                                                 allow_split_physical_axes=True)
 
 
-# The rule table of each mesh made by make_mesh. Meshes are interned by devices and axis names, so this is
-# the table of the last make_mesh of that layout; weak keys, so a table goes with its mesh.
-_MESH_RULES: "weakref.WeakKeyDictionary[Mesh, tuple]" = weakref.WeakKeyDictionary()
-
-
 def make_mesh(cfg: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """The ``(data, fsdp, tensor)`` mesh of ``cfg`` over ``devices`` (default: all), carrying the rule table
-    of ``cfg.rules`` for ``mesh_rules``."""
+    """The ``(data, fsdp, tensor)`` mesh of ``cfg`` over ``devices`` (default: all). Its rule table is
+    ``rules_with(cfg.rules)``, passed alongside wherever something is placed."""
     devices = list(jax.devices() if devices is None else devices)
-    mesh = Mesh(device_grid(cfg, devices), MESH_AXES)
-    _MESH_RULES[mesh] = rules_with(cfg.rules)
-    return mesh
-
-
-def mesh_rules(mesh: Mesh) -> tuple[tuple[str, Any], ...]:
-    """The rule table ``make_mesh`` recorded for ``mesh`` (``RULES`` for a mesh made otherwise)."""
-    return _MESH_RULES.get(mesh, RULES)
+    return Mesh(device_grid(cfg, devices), MESH_AXES)
 
 
 def _axis_size(mesh: Mesh, axes) -> int:
@@ -216,10 +205,10 @@ def _axis_size(mesh: Mesh, axes) -> int:
 
 
 def logical_to_mesh_spec(logical: P, shape: Sequence[int], mesh: Mesh, rules=None, unfit=None) -> P:
-    """Map one logical PartitionSpec to a mesh PartitionSpec by ``rules`` (default: the mesh's table). A dim
+    """Map one logical PartitionSpec to a mesh PartitionSpec by ``rules`` (default ``RULES``). A dim
     whose mesh axes do not divide it, or are taken by an earlier dim, gets ``unfit``: None (replicated) for
     params, ``P.UNCONSTRAINED`` for activations (XLA decides)."""
-    table = dict(mesh_rules(mesh) if rules is None else rules)
+    table = dict(RULES if rules is None else rules)
     out = []
     used: set[str] = set()
     for name, size in zip(tuple(logical) + (None,) * (len(shape) - len(logical)), shape):
@@ -249,7 +238,7 @@ def param_shardings(logical_specs, shapes, mesh: Mesh, rules=None):
 
 def batch_sharding(mesh: Mesh, ndim: int, rules=None) -> NamedSharding:
     """Leading (batch) axis split over the data-parallel axes (the ``batch`` rule), the rest replicated."""
-    table = dict(mesh_rules(mesh) if rules is None else rules)
+    table = dict(RULES if rules is None else rules)
     return NamedSharding(mesh, P(table["batch"], *([None] * (ndim - 1))))
 
 
@@ -276,11 +265,11 @@ _ACTIVE: contextvars.ContextVar = contextvars.ContextVar("xdyna_activation_shard
 
 @contextlib.contextmanager
 def activation_sharding(mesh: Mesh, rules=None):
-    """Within it, ``constrain`` pins activations onto ``mesh`` by ``rules`` (default: the mesh's table).
+    """Within it, ``constrain`` pins activations onto ``mesh`` by ``rules`` (default ``RULES``).
 
     Enter it around the trace: the call of a freshly jitted function, or its ``.lower``. A function jitted
     and traced outside keeps its unconstrained trace (JAX's trace cache does not see this context)."""
-    token = _ACTIVE.set((mesh, mesh_rules(mesh) if rules is None else tuple(rules)))
+    token = _ACTIVE.set((mesh, RULES if rules is None else tuple(rules)))
     try:
         yield
     finally:

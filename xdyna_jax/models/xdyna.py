@@ -235,26 +235,27 @@ def logical_axes(cfg: ModelsConfig):
     return {name: boxed(c) for name, c in cfg.parts().items()}
 
 
-def param_shardings(cfg: ModelsConfig, mesh):
-    """{part: pytree of NamedSharding} by the one rule table (``xdyna_jax.sharding.RULES``)."""
+def param_shardings(cfg: ModelsConfig, mesh, rules=None):
+    """{part: pytree of NamedSharding} by the rule table ``rules`` (default ``xdyna_jax.sharding.RULES``;
+    a config's: ``sharding.rules_with(mesh_cfg.rules)``)."""
     from xdyna_jax import sharding
 
     shapes, axes = param_shapes(cfg), logical_axes(cfg)
-    return {name: sharding.param_shardings(axes[name], shapes[name], mesh) for name in shapes}
+    return {name: sharding.param_shardings(axes[name], shapes[name], mesh, rules) for name in shapes}
 
 
-def abstract_params(cfg: ModelsConfig, mesh=None):
+def abstract_params(cfg: ModelsConfig, mesh=None, rules=None):
     """Param shapes with their shardings attached: the target to restore a checkpoint straight onto ``mesh``."""
     shapes = param_shapes(cfg)
     if mesh is None:
         return shapes
-    sh = param_shardings(cfg, mesh)
+    sh = param_shardings(cfg, mesh, rules)
     return jax.tree.map(lambda s, h: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=h), shapes, sh)
 
 
-def _init_programs(cfg: ModelsConfig, mesh=None, parts=None) -> dict:
-    """{part: jitted init of that network, with ``out_shardings`` on ``mesh``}."""
-    shardings = param_shardings(cfg, mesh) if mesh is not None else {}
+def _init_programs(cfg: ModelsConfig, mesh=None, parts=None, rules=None) -> dict:
+    """{part: jitted init of that network, with ``out_shardings`` on ``mesh`` by ``rules``}."""
+    shardings = param_shardings(cfg, mesh, rules) if mesh is not None else {}
     return {name: jax.jit(functools.partial(_init_part, c), out_shardings=shardings.get(name))
             for name, c in cfg.parts().items() if parts is None or name in parts}
 
@@ -263,17 +264,17 @@ def _part_key(rng, name: str):
     return jax.random.fold_in(rng, PARTS.index(name))
 
 
-def init_params(cfg: ModelsConfig, rng: jax.Array, mesh=None, parts=None):
+def init_params(cfg: ModelsConfig, rng: jax.Array, mesh=None, parts=None, rules=None):
     """Fresh params of every network (or of ``parts``), created already sharded on ``mesh``.
 
     Each network's init is one jitted program with ``out_shardings``, so at full size no host ever
     holds a whole network. The key of a part is ``fold_in(rng, index in PARTS)``: adding or leaving
     out a part never changes another part's values.
     """
-    return {name: fn(_part_key(rng, name)) for name, fn in _init_programs(cfg, mesh, parts).items()}
+    return {name: fn(_part_key(rng, name)) for name, fn in _init_programs(cfg, mesh, parts, rules).items()}
 
 
-def init_params_shape(cfg: ModelsConfig, mesh=None, parts=None):
+def init_params_shape(cfg: ModelsConfig, mesh=None, parts=None, rules=None):
     """What ``init_params`` would create (shapes, dtypes and shardings), without allocating anything."""
     return {name: fn.eval_shape(_part_key(jax.random.key(0), name))
-            for name, fn in _init_programs(cfg, mesh, parts).items()}
+            for name, fn in _init_programs(cfg, mesh, parts, rules).items()}

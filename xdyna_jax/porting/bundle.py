@@ -177,11 +177,12 @@ def read_bundle_meta(path) -> dict:
     return meta
 
 
-def load_bundle(path, mesh=None, overrides=(), cfg=None) -> Bundle:
+def load_bundle(path, mesh=None, overrides=(), cfg=None, rules=None) -> Bundle:
     """Restore a bundle straight into (sharded) device arrays.
 
     The target is the config's abstract params with the shardings of ``mesh`` (one device when None),
-    so a bundle written from any mesh restores onto any other. ``overrides`` (``unet.dtype=bfloat16``)
+    so a bundle written from any mesh restores onto any other; ``rules``: the mesh's rule table (default
+    ``sharding.RULES``). ``overrides`` (``unet.dtype=bfloat16``)
     change compute settings of the stored config; ``cfg`` replaces it (its shapes must fit). A stored
     param whose shape does not fit the config is named with both shapes.
     """
@@ -198,7 +199,7 @@ def load_bundle(path, mesh=None, overrides=(), cfg=None) -> Bundle:
     extra = sorted(set(parts) - set(cfg.parts()))
     if extra:
         raise PortingError(f"{path}: the bundle holds {extra}, which the config does not describe")
-    target = xdyna.abstract_params(cfg, mesh)
+    target = xdyna.abstract_params(cfg, mesh, rules)
     target = {p: target[p] for p in parts}
     if mesh is None:
         dev = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -228,7 +228,7 @@ def _check_shapes(ref_latent, text_states, uncond_text_states, image_tokens, unc
 
 def sample_latents(params, ref_latent, text_states, image_tokens, uncond_image_tokens, pose, face=None, *,
                    draws: Draws, models: xdyna.ModelsConfig, config: SampleConfig = SampleConfig(),
-                   uncond_text_states=None, schedule: DDIMSchedule | None = None, mesh=None,
+                   uncond_text_states=None, schedule: DDIMSchedule | None = None, mesh=None, rules=None,
                    on_step=None) -> jax.Array:
     """Run the X-Dyna sampler on B independent jobs; returns the final latents ``(B, N, h, w, C)``
     of the N generated frames (the reference frame dropped), float32, before ``/ 0.18215`` and decoding.
@@ -247,7 +247,8 @@ def sample_latents(params, ref_latent, text_states, image_tokens, uncond_image_t
     config: steps, guidance_scale, context_frames/overlap, controlnet_once, conditioning_scale are read.
     schedule: a DDIM schedule; default ``schedule_of(config, models)``.
     mesh: when given, the batch inputs and draws are placed with the batch split over its data axes
-      (params are used as placed: shard them with ``xdyna.param_shardings``).
+      (params are used as placed: shard them with ``xdyna.param_shardings``). ``rules``: the mesh's rule
+      table (``sharding.rules_with(mesh_cfg.rules)``; default ``sharding.RULES``).
     on_step: optional host function ``on_step(step_index, _)`` called as each step completes (a progress
       bar); a static argument, so pass the same function each time (it may be called once per device).
 
@@ -271,7 +272,7 @@ def sample_latents(params, ref_latent, text_states, image_tokens, uncond_image_t
     if mesh is not None:
         from xdyna_jax import sharding
 
-        batch = jax.tree.map(lambda v: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)), batch)
+        batch = jax.tree.map(lambda v: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim, rules)), batch)
         sched = jax.device_put(sched, sharding.replicated(mesh))
     nets = {k: params[k] for k in ("unet", "pose_controlnet", "face_controlnet") if k in params and
             (k != "face_controlnet" or face is not None)}

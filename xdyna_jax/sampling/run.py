@@ -18,7 +18,7 @@ import numpy as np
 
 from xdyna_jax.cli import UserError, atomic_file
 from xdyna_jax.models import xdyna
-from xdyna_jax.sharding import MeshConfig
+from xdyna_jax.sharding import MeshConfig, rules_with
 
 from . import pipeline
 from .jobs import Job, JobInputs, read_job
@@ -211,6 +211,7 @@ def sample_inputs(cfg: SampleRunConfig, params, jobs: list[Job], inputs: list[Jo
         _STEPS.bar = tqdm(total=s.denoising_steps, desc="steps", unit="step", leave=False, disable=not progress)
         try:
             latents = pipeline.sample_latents(params, **kw, models=cfg.models, config=s, mesh=mesh,
+                                              rules=rules_with(cfg.mesh.rules),
                                               on_step=_STEPS.tick if progress else None)
             latents = jax.block_until_ready(latents)
         finally:
@@ -224,13 +225,13 @@ def place(params, cfg: SampleRunConfig, mesh=None) -> dict:
     """Host params (``{part: tree}``) on ``mesh`` with the models' shardings (replicated without a mesh)."""
     if mesh is None:
         return jax.tree.map(jnp.asarray, params)
-    shardings = xdyna.param_shardings(cfg.models, mesh)
+    shardings = xdyna.param_shardings(cfg.models, mesh, rules_with(cfg.mesh.rules))
     return {k: jax.tree.map(jax.device_put, v, shardings[k]) for k, v in params.items()}
 
 
 def random_weights(cfg: SampleRunConfig, seed: int = 0, mesh=None) -> dict:
     """Seeded random weights of every network of the config (the models' own initialisers)."""
-    return xdyna.init_params(cfg.models, jax.random.key(seed), mesh)
+    return xdyna.init_params(cfg.models, jax.random.key(seed), mesh, rules=rules_with(cfg.mesh.rules))
 
 
 def weights_from_bundle(path, cfg: SampleRunConfig, model_overrides: Sequence[str], mesh=None):
@@ -239,7 +240,7 @@ def weights_from_bundle(path, cfg: SampleRunConfig, model_overrides: Sequence[st
     from xdyna_jax.porting.bundle import load_bundle
 
     try:
-        bundle = load_bundle(path, mesh, overrides=model_overrides)
+        bundle = load_bundle(path, mesh, overrides=model_overrides, rules=rules_with(cfg.mesh.rules))
         bundle.require("unet", "pose_controlnet", "resampler", "vae", "image_encoder", "text_encoder")
     except PortingError as e:
         raise UserError(f"--weights {e}") from e

@@ -112,13 +112,16 @@ class Logger:
 
 def initial_params(run: TrainRunConfig, mesh):
     """Full params on ``mesh``: the models' own initialisers (seed ``train.seed``), seeded random values, or a
-    bundle folder (``train.init``)."""
+    bundle folder (``train.init``), placed by the run's rule table (``mesh.rules``)."""
     from xdyna_jax.models import xdyna
+    from xdyna_jax.sharding import rules_with
+
+    rules = rules_with(run.mesh.rules)
 
     if run.train.init == "model":
         from .state import he_scale, with_vae_logvar_bias
 
-        params = xdyna.init_params(run.models, jax.random.key(run.train.seed), mesh)
+        params = xdyna.init_params(run.models, jax.random.key(run.train.seed), mesh, rules=rules)
         if run.train.he_init:
             params = he_scale(params, run.train.he_init)
         if run.train.vae_logvar_init is not None:
@@ -128,13 +131,13 @@ def initial_params(run: TrainRunConfig, mesh):
         rng = np.random.default_rng(run.train.seed)
         shapes = xdyna.param_shapes(run.models)
         return jax.tree.map(lambda s, sh: jax.device_put((0.05 * rng.standard_normal(s.shape)).astype(s.dtype), sh),
-                            shapes, xdyna.param_shardings(run.models, mesh))
+                            shapes, xdyna.param_shardings(run.models, mesh, rules))
     from xdyna_jax.cli import UserError
     from xdyna_jax.porting import PortingError
     from xdyna_jax.porting.bundle import load_bundle
 
     try:
-        b = load_bundle(run.train.init, mesh, cfg=run.models)
+        b = load_bundle(run.train.init, mesh, cfg=run.models, rules=rules)
     except PortingError as e:
         raise UserError(f"train.init={run.train.init}: {e}") from e
     return b.params
@@ -158,6 +161,7 @@ class Runtime:
     run: TrainRunConfig
     workdir: Path
     mesh: Any
+    rules: tuple                           # the mesh's logical-axis rule table (sharding.rules_with(mesh.rules))
     models: Any                            # the ModelsConfig the step runs (state.models_for_training)
     state: TrainState
     manager: Any                           # the Orbax CheckpointManager of {workdir}/checkpoints
@@ -191,7 +195,7 @@ def build(run: TrainRunConfig, workdir, *, params=None, source=None, evaluator=N
     ``train.eval_every > 0``). ``data=False``: mesh, state and checkpoints only, no source, evaluator or logger.
     """
     from xdyna_jax.cli import UserError
-    from xdyna_jax.sharding import make_mesh
+    from xdyna_jax.sharding import make_mesh, rules_with
 
     t = run.train
     workdir = Path(workdir)
@@ -204,7 +208,8 @@ def build(run: TrainRunConfig, workdir, *, params=None, source=None, evaluator=N
         raise UserError(f"data.source={run.data.source} is the tiny world's: run it through train.py, or pass "
                         f"source=xdyna_jax.world.source.make_source")
     state = init_state(run, mesh, initial_params(run, mesh) if params is None else params)
-    rt = Runtime(run=run, workdir=workdir, mesh=mesh, models=models_for_training(run), state=state, out=out,
+    rt = Runtime(run=run, workdir=workdir, mesh=mesh, rules=rules_with(run.mesh.rules),
+                 models=models_for_training(run), state=state, out=out,
                  manager=checkpoint.make_manager(workdir / "checkpoints", t.max_to_keep))
     try:
         restored = checkpoint.restore_latest(rt.manager, state, run)
@@ -262,7 +267,7 @@ def global_batch(rt: Runtime, step: int):
     b = prepare_batch(raw, rt.models, rt.run.train, rt.processor)
     if step + 1 == rt.run.train.debug_nan_step:  # test hook: the step that makes state.step == debug_nan_step
         b = {k: v * np.float32("nan") for k, v in b.items()}
-    return host_local_to_global(b, rt.mesh), int(np.sum(raw["is_scene"]))
+    return host_local_to_global(b, rt.mesh, rt.rules), int(np.sum(raw["is_scene"]))
 
 
 def train_step_fn(rt: Runtime, batch):
@@ -310,9 +315,10 @@ def compile_eval_loss(rt: Runtime, trained, batch, index):
         return objective.loss(merge(trained, frozen), batch, key, cfg=models, train=t)
 
     shardings = lambda tree: jax.tree.map(lambda x: x.sharding, tree)  # noqa: E731
-    fn = jax.jit(loss, in_shardings=(shardings(trained), shardings(rt.state.frozen), batch_shardings(batch, rt.mesh),
-                                     replicated(rt.mesh)), out_shardings=replicated(rt.mesh))
-    with activation_sharding(rt.mesh):
+    fn = jax.jit(loss, in_shardings=(shardings(trained), shardings(rt.state.frozen),
+                                     batch_shardings(batch, rt.mesh, rt.rules), replicated(rt.mesh)),
+                 out_shardings=replicated(rt.mesh))
+    with activation_sharding(rt.mesh, rt.rules):
         return fn.lower(trained, rt.state.frozen, batch, index).compile()
 
 
@@ -325,7 +331,7 @@ def eval_loss(rt: Runtime) -> float:
     trained = rt.state.ema if rt.state.ema is not None else rt.state.trainable
     total = 0.0
     for i, b in enumerate(rt.held_out):
-        batch = host_local_to_global(b, rt.mesh)
+        batch = host_local_to_global(b, rt.mesh, rt.rules)
         index = jax.make_array_from_callback((), replicated(rt.mesh), lambda _, i=i: np.int32(i))
         if rt.eval_compiled is None:
             t0 = time.perf_counter()

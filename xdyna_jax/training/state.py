@@ -169,9 +169,9 @@ def state_shardings(run, mesh, params_shape=None) -> TrainState:
     """A TrainState of NamedShardings: params by the logical rules, Adam moments like their params,
     optimizer counters replicated."""
     from xdyna_jax.models import xdyna
-    from xdyna_jax.sharding import replicated
+    from xdyna_jax.sharding import replicated, rules_with
 
-    p_sh = xdyna.param_shardings(run.models, mesh)
+    p_sh = xdyna.param_shardings(run.models, mesh, rules_with(run.mesh.rules))
     if params_shape is not None:  # only the parts this run has
         p_sh = {k: v for k, v in p_sh.items() if k in params_shape}
     tr_sh, fr_sh = split(p_sh, run.train.stage)

@@ -51,10 +51,10 @@ def train_step(state: TrainState, batch, *, run, models):
     return TrainState(state.step + 1, trainable, opt_state, ema, state.frozen), metrics
 
 
-def batch_shardings(batch, mesh):
+def batch_shardings(batch, mesh, rules=None):
     from xdyna_jax.sharding import batch_sharding
 
-    return jax.tree.map(lambda x: batch_sharding(mesh, x.ndim), batch)
+    return jax.tree.map(lambda x: batch_sharding(mesh, x.ndim, rules), batch)
 
 
 _COMPILED: dict = {}
@@ -72,33 +72,36 @@ def step_key_config(run):
     return dataclasses.replace(run, train=t, data=type(run.data)(), mesh=type(run.mesh)())
 
 
-def lower_step(run, models, mesh, state, batch):
+def lower_step(run, models, mesh, state, batch, rules=None):
     """``train_step`` jitted with the shardings of ``state`` and ``batch`` (the state donated) and lowered,
-    traced inside ``sharding.activation_sharding(mesh)``: the blocks' activation constraints follow the
-    mesh's rule table (``mesh.rules``). ``state`` and ``batch`` may be arrays or sharded ShapeDtypeStructs."""
-    from xdyna_jax.sharding import activation_sharding, replicated
+    traced inside ``sharding.activation_sharding``: the blocks' activation constraints follow ``rules``
+    (default: the run's table, ``mesh.rules``). ``state`` and ``batch`` may be arrays or sharded
+    ShapeDtypeStructs."""
+    from xdyna_jax.sharding import activation_sharding, replicated, rules_with
 
+    rules = rules_with(run.mesh.rules) if rules is None else rules
     state_sh = jax.tree.map(lambda x: x.sharding, state)
     fn = jax.jit(functools.partial(train_step, run=step_key_config(run), models=models),
-                 in_shardings=(state_sh, batch_shardings(batch, mesh)),
+                 in_shardings=(state_sh, batch_shardings(batch, mesh, rules)),
                  out_shardings=(state_sh, replicated(mesh)), donate_argnums=0)
-    with activation_sharding(mesh):
+    with activation_sharding(mesh, rules):
         return fn.lower(state, batch)
 
 
 def compile_step(run, models, mesh, state, batch):
     """``train_step`` compiled for the shapes and shardings of ``state`` and ``batch``, the state donated.
 
-    Executables are memoised in-process, keyed by the step's config, the mesh, its rule table and the
-    input layout.
+    Executables are memoised in-process, keyed by the step's config, the mesh, the run's rule table
+    (``mesh.rules``) and the input layout.
     """
-    from xdyna_jax.sharding import mesh_rules
+    from xdyna_jax.sharding import rules_with
 
+    rules = rules_with(run.mesh.rules)  # before step_key_config, which forgets the mesh config
     run = step_key_config(run)
     leaves, tree = jax.tree.flatten((state, batch))
-    key = (run, models, mesh, mesh_rules(mesh), tree, tuple((x.shape, x.dtype, x.sharding) for x in leaves))
+    key = (run, models, mesh, rules, tree, tuple((x.shape, x.dtype, x.sharding) for x in leaves))
     if key not in _COMPILED:
-        _COMPILED[key] = lower_step(run, models, mesh, state, batch).compile()
+        _COMPILED[key] = lower_step(run, models, mesh, state, batch, rules).compile()
     return _COMPILED[key]
 
 
