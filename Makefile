@@ -23,7 +23,7 @@ export PYTHONUNBUFFERED := 1
 
 help:
 	@echo "make sample        create .venv, pip install -e ., run sample.py (args: SAMPLE_ARGS=...)"
-	@echo "make test          create .venv, pip install -e '.[test,data,eval]', run pytest (2 workers with 20 GB of memory or more; args: PYTEST_ARGS=..., PYTEST_WORKERS=0 for one process)"
+	@echo "make test          create .venv, pip install -e '.[test,data,eval,beam]', run pytest (2 workers with 20 GB of memory or more; args: PYTEST_ARGS=..., PYTEST_WORKERS=0 for one process)"
 	@echo "make install       only the package install;  make install-test: with the test extra"
 	@echo "make clean-venv    remove .venv"
 	@echo "make tiny-world    train the tiny world from nothing (data, vae, full, tune, export to weights/tiny_world; resumes; args: RECIPE_ARGS=...)"
@@ -50,7 +50,7 @@ $(VENV)/.installed-sample: $(DEPS) | $(PY)
 
 # The test extra is a superset of the plain install, so it satisfies `make sample` too.
 $(VENV)/.installed-test: $(DEPS) | $(PY)
-	$(PIP) install -e ".[test,data,eval]"
+	$(PIP) install -e ".[test,data,eval,beam]"
 	touch $@ $(VENV)/.installed-sample
 
 # The tiny world's recipe (docs/TINY_WORLD.md): each stage resumes on its own workdir, a finished one is skipped.

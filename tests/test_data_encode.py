@@ -94,6 +94,24 @@ def test_stored_encodings_match_torch_models(built):
     assert n == 9 + 10 + 7  # every frame of every segment (human videos of 9 and 10 frames, 2 segments each)
 
 
+def test_beam_build_encodes_on_its_workers_as_the_local_build(built):
+    """``build --beam --vae --image-encoder`` in a worker process, which loads the encoders from the
+    paths: the same stored encodings as the local build of the fixture."""
+    pytest.importorskip("apache_beam", reason="apache_beam is not installed (the `beam` extra)")
+    from test_data_beam import assert_same_dataset
+
+    root, _, _ = built
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]), JAX_PLATFORMS="cpu")
+    r = subprocess.run([sys.executable, "-m", "xdyna_jax.data", "build", "--human", root / "human", "--scene",
+                        root / "scene", "--out", root / "beam", "--conditions", "data_fakes:fake_conditions",
+                        "--set", "frame_codec=png", "--set", "segment_frames=5", "--vae", root / "vae",
+                        "--image-encoder", root / "image_encoder", "--encode-batch", "4", "--beam",
+                        "--beam-options", "--direct_num_workers=1 --direct_running_mode=multi_processing"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert_same_dataset(root / "beam", root / "out")
+
+
 def test_loader_returns_encodings_aligned_with_the_clip(built):
     root, vae, clip = built
     cfg = LoaderConfig(data_dir=str(root / "out"), clip_length=3, stride=2, batch_size=2, num_threads=2,

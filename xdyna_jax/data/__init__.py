@@ -4,7 +4,8 @@ Modules (one job each): ``video`` (read/write mp4), ``pose`` (MediaPipe -> OpenP
 ``render`` (the authors' no-head skeleton style), ``align`` (retarget a driving skeleton onto a reference
 body), ``sface`` (the 6-channel S-Face condition of spec §7.4),
 ``records`` (the on-disk image codec and split access), ``datasets`` (TFDS ``array_record`` builders, no
-TensorFlow), ``loader`` (host-sharded, deterministic, resumable clip reader), ``__main__`` (the CLI).
+TensorFlow), ``examples`` (one video -> its examples, the per-video work of a build), ``beam`` (the same
+build as an Apache Beam pipeline; imports ``apache_beam``), ``loader`` (host-sharded, deterministic, resumable clip reader), ``__main__`` (the CLI).
 The overlap of two skeleton renders (``score`` subcommand) lives in ``xdyna_jax.eval.score`` with every other
 score.
 """

@@ -9,6 +9,7 @@
   build   --out DIR [--human DIR] [--scene DIR] [--config build.yaml] [--set key=value ...]
           [--conditions MODULE:FUNCTION] [--overwrite]
           [--vae VAE_DIR] [--image-encoder IMAGE_ENCODER_DIR] [--encode-batch N]
+          [--beam [--beam-options "--runner=... --direct_num_workers=N ..."]]
 
 A poses ``.npz`` holds ``body (T,18,3)``, ``hands (T,2,21,3)``, ``face (T,468,3)``, ``height``, ``width``
 (``pose.Poses``). ``extract`` tracks across consecutive frames and detects every frame on its own when
@@ -17,7 +18,8 @@ their own. ``align`` defaults to the variant closest to the authors' skeletons (
 driving neck, global similarity only. ``score`` compares skeletons with the authors' ``pose_N.mp4``,
 sampled with the same stride. ``build`` writes an array_record dataset (``datasets.py``); its settings
 are ``datasets.BuildSettings`` fields (YAML file and/or ``--set``); ``--vae`` and ``--image-encoder``
-pre-encode every frame (``encode.py``).
+pre-encode every frame (``encode.py``). ``--beam`` runs the same build as an Apache Beam pipeline
+(``beam.py``; ``--beam-options`` are Beam's pipeline flags): the same dataset, built by a runner's workers.
 Options are checked before any work; every output is written under a temporary name and renamed when
 complete. Progress goes to stderr, the summary to stdout; errors are one ``error: ...`` line on stderr
 and exit code 2 (``xdyna_jax.cli``).
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import sys
 import time
@@ -225,16 +228,24 @@ def load_conditions(spec: str):
         raise UserError(f"--conditions {spec!r}: cannot import ({e})") from e
 
 
-def encoders(args):
-    """``(extra_features, extra_fn)`` from ``--vae`` / ``--image-encoder``, or ``(None, None)``."""
+def encoder_factory(args):
+    """A picklable zero-argument callable giving ``(extra_features, extra_fn)`` from ``--vae`` /
+    ``--image-encoder`` (called here, and once per worker by a Beam build), or None."""
     if args.vae is None and args.image_encoder is None:
-        return None, None
-    from xdyna_jax.porting import loaders
+        return None
+    from .encode import encoders_from_paths
+    as_str = lambda p: str(p) if p is not None else None  # noqa: E731
+    return functools.partial(encoders_from_paths, as_str(args.vae), as_str(args.image_encoder), args.encode_batch)
 
-    from .encode import frame_encoders
-    vae = loaders.load_vae(args.vae) if args.vae is not None else None
-    clip = loaders.load_clip_vision(args.image_encoder) if args.image_encoder is not None else None
-    return frame_encoders(vae, clip, batch_size=args.encode_batch)
+
+def beam_pipeline(args, extras):
+    """The ``--beam`` execution (its options checked now, before anything is loaded), or None."""
+    if args.beam_options is not None and not args.beam:
+        raise UserError(f"--beam-options {args.beam_options!r}: only used with --beam")
+    if not args.beam:
+        return None
+    from .beam import BeamPipeline  # imports apache_beam (the `beam` extra), a UserError without it
+    return BeamPipeline(args.beam_options, extras=extras)
 
 
 def cmd_build(args) -> str:
@@ -249,19 +260,25 @@ def cmd_build(args) -> str:
             list_videos(folder)  # an empty folder fails here, before anything is loaded
     settings = config_lib.load(BuildSettings, args.config, args.set)
     conditions = load_conditions(args.conditions) if args.conditions else None
+    extras = encoder_factory(args)
+    pipeline = beam_pipeline(args, extras)
     cli.check_output_path(args.out, kind="dir")
     target = dataset_dir(args.out)
     if target.exists() and not args.overwrite:
         raise UserError(f"{target}: dataset already exists (pass --overwrite)")
-    features, extra_fn = encoders(args)
+    features, extra_fn = extras() if extras is not None else (None, None)
+    if pipeline is not None:
+        n = sum(len(list_videos(f)) for f in (args.human, args.scene) if f is not None)
+        print(f"[build beam] {n} videos on {pipeline.description}", file=sys.stderr, flush=True)
+        extra_fn = None  # the workers make their own from `extras`
     with contextlib.redirect_stdout(sys.stderr):  # TFDS prints its own status lines
         import tensorflow_datasets as tfds
         tfds.disable_progress_bar()
         report = build_dataset(args.out, args.human, args.scene, settings, conditions, overwrite=args.overwrite,
-                               extra_features=features, extra_fn=extra_fn,
+                               extra_features=features, extra_fn=extra_fn, pipeline=pipeline,
                                progress=lambda split, done, total, name: progress(f"build {split}", done, total,
                                                                                   name))
-    return report.summary()
+    return report.summary() + (f"\n{pipeline.summary()}" if pipeline is not None else "")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -312,6 +329,10 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--image-encoder", type=Path,
                    help="pre-encode CLIP hidden_states[-2] with this transformers image_encoder/ folder or file")
     b.add_argument("--encode-batch", type=pos, default=8, help="frames per encoder call")
+    b.add_argument("--beam", action="store_true", help="run the build as an Apache Beam pipeline (the `beam` extra)")
+    b.add_argument("--beam-options", metavar="FLAGS",
+                   help='Beam pipeline flags in one string, e.g. "--direct_num_workers=2 '
+                        '--direct_running_mode=multi_processing" or "--runner=DataflowRunner ..." (docs/DATA.md)')
     return p
 
 

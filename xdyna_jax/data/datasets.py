@@ -1,9 +1,14 @@
 """Video folders -> an ``array_record`` TFDS dataset (written and read without TensorFlow).
 
 Layout: ``OUT/xdyna_videos/1.0.0/`` holds ``xdyna_videos-{human,scene}.array_record-*`` shards,
-TFDS's ``dataset_info.json`` / ``features.json``, and our ``build_report.json``. Read it with
+TFDS's ``dataset_info.json`` / ``features.json``, our ``build_report.json`` and ``rejects.jsonl`` (one
+``{"file", "reason"}`` line per video that gave no examples, as in the report's ``skipped``). Read it with
 ``records.open_splits(OUT)`` (``tfds.builder_from_directory(...).as_data_source()``: random access, no TF;
 re-exported here).
+
+The per-video work is ``examples.video_examples``; this module runs it over the videos one after another,
+or hands the same builder a Beam transform that runs it on a pipeline's workers (``beam.py``, ``build
+--beam``): the same examples and files either way.
 
 One example per video (split ``human`` from the human folder, ``scene`` from the scene folder), or per
 segment of at most ``settings.segment_frames`` frames (near-equal consecutive parts of the video):
@@ -35,7 +40,7 @@ and ``misses``. ``default_conditions`` wires the pose / render / S-Face modules.
 Extra per-example fields: pass ``extra_features`` (name -> a TF-free ``tfds.features`` object, e.g.
 ``Tensor(shape=(None, 64, 64, 8), dtype=np.float16)``) and ``extra_fn(video_id, frames, conditions) ->
 {name: value}`` (per example: the segment's frames and conditions) to ``build_dataset``; a video whose
-``extra_fn`` raises is skipped and reported. ``encode.frame_encoders`` makes the pair that pre-encodes
+``extra_fn`` raises is rejected and reported. ``encode.frame_encoders`` makes the pair that pre-encodes
 VAE posteriors and CLIP hidden states (the ``build --vae/--image-encoder`` options), which the loader
 returns aligned with the clip (``LoaderConfig.encoded``).
 """
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -55,7 +61,7 @@ from xdyna_jax.cli import atomic_dir
 # re-exported: the reading side lives in records.py
 from .records import (NAME, SPLITS, VERSION, DatasetError, dataset_dir, decode_image, encode_image,
                       load_report, open_splits, resolve_dataset_dir)
-from .video import VideoError, read_video, video_info
+from .examples import ConditionsFn, VideoResult, video_examples
 
 __all__ = ["BuildReport", "BuildSettings", "ConditionsFn", "DatasetError", "NAME", "SPLITS", "VERSION",
            "VIDEO_EXTENSIONS", "build_dataset", "count_detections", "dataset_dir", "decode_image",
@@ -63,8 +69,6 @@ __all__ = ["BuildReport", "BuildSettings", "ConditionsFn", "DatasetError", "NAME
            "resolve_dataset_dir"]
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".avi", ".mkv", ".webm", ".m4v")
-
-ConditionsFn = Callable[[np.ndarray], Mapping[str, Any]]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +109,16 @@ class BuildReport:
     misses: int = 0
     skipped: list = dataclasses.field(default_factory=list)   # [{"file", "reason"}]
 
+    def add(self, result: VideoResult) -> None:
+        """Count one video's result (its examples' frames, or its reject)."""
+        if result.reject is not None:
+            self.skipped.append({"file": result.file, "reason": result.reject})
+            return
+        self.videos[result.split] += 1
+        self.frames += result.frames
+        self.detections += result.detections
+        self.misses += result.misses
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -128,23 +142,6 @@ def list_videos(folder: str | Path) -> list[Path]:
     return files
 
 
-def _check_conditions(conds: Mapping[str, Any], shape: tuple, where: str) -> tuple:
-    t, h, w, _ = shape
-    out = []
-    for key, c in (("pose", 3), ("face", 6)):
-        arr = np.asarray(conds.get(key)) if key in conds else None
-        if arr is None or arr.dtype != np.uint8 or arr.shape != (t, h, w, c):
-            got = "missing" if arr is None else f"{arr.dtype} {arr.shape}"
-            raise DatasetError(f"{where}: conditions_fn field {key!r} must be uint8 {(t, h, w, c)}, got {got}")
-        out.append(arr)
-    meta = dict(conds.get("meta") or {})
-    try:
-        meta_json = json.dumps(meta, sort_keys=True)
-    except TypeError as e:
-        raise DatasetError(f"{where}: conditions_fn field 'meta' is not JSON-serialisable ({e})") from e
-    return out[0], out[1], meta, meta_json
-
-
 def _make_builder_class():
     import tensorflow_datasets as tfds
 
@@ -160,10 +157,10 @@ def _make_builder_class():
         def __init__(self, *, data_dir, sources: Mapping[str, tuple[Path, list[Path]]], settings: BuildSettings,
                      conditions_fn: Optional[ConditionsFn], report: BuildReport,
                      extra_features: Optional[Mapping[str, Any]] = None, extra_fn=None,
-                     progress: Optional[Callable[[str, int, int, str], None]] = None):
+                     progress: Optional[Callable[[str, int, int, str], None]] = None, pipeline=None):
             self._sources, self._settings, self._conditions_fn = sources, settings, conditions_fn
             self._report, self._extra_features, self._extra_fn = report, dict(extra_features or {}), extra_fn
-            self._progress = progress
+            self._progress, self._pipeline = progress, pipeline
             super().__init__(data_dir=str(data_dir), file_format="array_record")
 
         def _info(self):
@@ -181,67 +178,24 @@ def _make_builder_class():
                     for split, (root, files) in self._sources.items()}
 
         def _generate_examples(self, split, root, files):
+            if self._pipeline is not None:  # a Beam PTransform: TFDS then writes the split with its Beam writer
+                return self._pipeline.transform(split, root, files, self._settings, self._conditions_fn)
+            return self._local_examples(split, root, files)
+
+        def _local_examples(self, split, root, files):
             s = self._settings
             with ThreadPoolExecutor(max(1, s.encode_threads)) as pool:
                 for n, path in enumerate(files):
-                    rel = path.relative_to(root).as_posix()
                     if self._progress:
-                        self._progress(split, n, len(files), rel)
-                    yield from self._examples(split, path, rel, pool)
+                        self._progress(split, n, len(files), path.relative_to(root).as_posix())
+                    result = video_examples(split, root, path, s, self._conditions_fn, self._extra_fn, pool)
+                    self._report.add(result)
+                    yield from result.examples
                 if self._progress:
                     self._progress(split, len(files), len(files), "")
 
-        def _examples(self, split, path, rel, pool):
-            s, rep = self._settings, self._report
-            try:
-                frames = read_video(path, stride=s.frame_stride, max_frames=s.max_frames)
-                fps = video_info(path)["fps"] / s.frame_stride
-            except VideoError as e:
-                rep.skipped.append({"file": str(path), "reason": str(e)})
-                return
-            if s.size is not None and tuple(frames.shape[1:3]) != tuple(s.size):
-                import cv2
-                frames = np.stack([cv2.resize(fr, (s.size[1], s.size[0]), interpolation=cv2.INTER_AREA)
-                                   for fr in frames])
-            t, h, w, _ = frames.shape
-            is_scene = split == "scene"
-            pose = face = []
-            meta, meta_json = {}, "{}"
-            conds: Mapping[str, Any] = {}
-            if not is_scene:
-                try:
-                    conds = self._conditions_fn(frames)
-                except Exception as e:  # any failure of the pose / face models on this video: skip it
-                    rep.skipped.append({"file": str(path), "reason": f"conditions failed: {type(e).__name__}: {e}"})
-                    return
-                pose_a, face_a, meta, meta_json = _check_conditions(conds, frames.shape, str(path))
-                pose = list(pool.map(lambda im: encode_image(im, "png"), pose_a))
-                face = list(pool.map(lambda im: encode_image(im, "png"), face_a))
-            enc = list(pool.map(lambda im: encode_image(im, s.frame_codec, s.jpeg_quality), frames))
-            det = int(meta.get("detections", 0)) if not is_scene else 0
-            miss = int(meta.get("misses", 0)) if not is_scene else 0
-            n_seg = -(-t // s.segment_frames) if s.segment_frames else 1
-            examples = []  # all segments first: a video whose extras fail is skipped whole
-            for k, seg in enumerate(np.array_split(np.arange(t), n_seg)):
-                a, b = int(seg[0]), int(seg[-1]) + 1
-                blobs = lambda lst: np.array(lst[a:b] if len(lst) else [], dtype=object)  # noqa: E731
-                ex = {"video_id": rel, "segment": k, "start_frame": a, "is_scene": is_scene, "num_frames": b - a,
-                      "fps": fps, "height": h, "width": w, "frames": blobs(enc), "pose": blobs(pose),
-                      "face": blobs(face), "detections": det, "misses": miss, "meta_json": meta_json}
-                if self._extra_fn is not None:
-                    sub = {key: (v[a:b] if key in ("pose", "face") else v) for key, v in conds.items()}
-                    try:
-                        ex.update(self._extra_fn(rel, frames[a:b], sub))
-                    except Exception as e:  # any failure of the extra encoders on this video: skip it
-                        rep.skipped.append({"file": str(path), "reason": f"extra features failed: "
-                                                                          f"{type(e).__name__}: {e}"})
-                        return
-                examples.append((f"{split}/{rel}" if n_seg == 1 else f"{split}/{rel}#{k:05d}", ex))
-            rep.videos[split] += 1
-            rep.frames += t
-            rep.detections += det
-            rep.misses += miss
-            yield from examples
+        def _process_pipeline_result(self, pipeline_result):
+            self._pipeline.finished(pipeline_result)
 
     return XDynaVideos
 
@@ -249,12 +203,15 @@ def _make_builder_class():
 def build_dataset(out_dir: str | Path, human_dir: str | Path | None = None, scene_dir: str | Path | None = None,
                   settings: BuildSettings = BuildSettings(), conditions_fn: Optional[ConditionsFn] = None,
                   overwrite: bool = False, extra_features: Optional[Mapping[str, Any]] = None,
-                  extra_fn=None, progress=None) -> BuildReport:
+                  extra_fn=None, progress=None, pipeline=None) -> BuildReport:
     """Build ``OUT/xdyna_videos/1.0.0`` from the video folders; returns (and writes) the build report.
 
-    Unreadable videos are skipped and listed in ``report.skipped``; a split none of whose videos
-    could be read is an error, as are empty folders. The dataset folder is built under a temporary name
-    beside its final place and renamed when complete: a failed build leaves nothing behind.
+    Videos that give no examples (``examples.video_examples``: unreadable, no person, a model failing
+    on them) are skipped and listed in ``report.skipped`` and ``rejects.jsonl``; a split none of whose
+    videos could be used is an error, as are empty folders. The dataset folder is built under a temporary
+    name beside its final place and renamed when complete: a failed build leaves nothing behind.
+    ``pipeline``: a ``beam.BeamPipeline`` runs the per-video work as a Beam pipeline instead of this
+    process's loop (``extra_fn`` is then the pipeline's, made on each worker).
     """
     if human_dir is None and scene_dir is None:
         raise DatasetError("build_dataset: give a human video folder, a scene video folder, or both")
@@ -272,21 +229,41 @@ def build_dataset(out_dir: str | Path, human_dir: str | Path | None = None, scen
         scratch = tmp / "_tfds"
         builder = _make_builder_class()(data_dir=scratch, sources=sources, settings=settings,
                                         conditions_fn=conditions_fn, report=report, extra_features=extra_features,
-                                        extra_fn=extra_fn, progress=progress)
+                                        extra_fn=extra_fn, progress=progress, pipeline=pipeline)
         try:
-            builder.download_and_prepare()
-        except AssertionError as e:
-            if "No examples were yielded" not in str(e):
+            builder.download_and_prepare(
+                download_config=pipeline.download_config(tmp) if pipeline is not None else None)
+        except Exception as e:  # only TFDS's refusal of an empty split is ours to explain; the rest propagates
+            split = _empty_split(e, sources)
+            if split is None:
                 raise
-            split = next((s for s in sources if f'"{s}"' in str(e)), "?")
-            folder = sources[split][0] if split in sources else "?"
-            reasons = "; ".join(f"{Path(s['file']).name}: {s['reason']}" for s in report.skipped)
-            raise DatasetError(f"{folder}: none of the {split} videos could be used ({reasons})") from e
+            if pipeline is not None:
+                pipeline.add_to(report)
+            _none_used(sources, split, report, e)
+        if pipeline is not None:
+            pipeline.add_to(report)  # the pipeline's per-video lines, summed
         for item in dataset_dir(scratch).iterdir():
             item.rename(tmp / item.name)
         shutil.rmtree(scratch)
         (tmp / "build_report.json").write_text(json.dumps(report.to_dict(), indent=1))
+        (tmp / "rejects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in report.skipped))
     return report
+
+
+def _empty_split(err: BaseException, sources) -> Optional[str]:
+    """The split TFDS refused for having no examples (local writer: an AssertionError naming it in quotes;
+    Beam writer: "... is 0 for split NAME"), or None for any other error."""
+    text = str(err)
+    if "No examples were yielded" in text:
+        return next((s for s in sources if f'"{s}"' in text), "?")
+    m = re.search(r"generated examples is 0 for split (\w+)", text)
+    return m.group(1) if m else None
+
+
+def _none_used(sources, split: str, report: BuildReport, cause: Optional[BaseException] = None):
+    folder = sources[split][0] if split in sources else "?"
+    reasons = "; ".join(f"{Path(s['file']).name}: {s['reason']}" for s in report.skipped)
+    raise DatasetError(f"{folder}: none of the {split} videos could be used ({reasons})") from cause
 
 
 def count_detections(poses) -> int:

@@ -23,6 +23,8 @@ one compilation per frame size), on JAX's default device.
 """
 from __future__ import annotations
 
+import functools
+from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import numpy as np
@@ -120,3 +122,18 @@ def frame_encoders(vae: Optional[tuple[Any, Any]] = None, clip: Optional[tuple[A
         return out
 
     return feats, extra_fn
+
+
+@functools.lru_cache(maxsize=1)
+def encoders_from_paths(vae: Optional[str] = None, image_encoder: Optional[str] = None,
+                        batch_size: int = 8) -> tuple[dict, Callable]:
+    """``frame_encoders`` of the weights at these paths (``build --vae/--image-encoder``).
+
+    Cached: a Beam worker that runs several bundles in one process (``beam.VideoFn.setup``) loads the
+    weights once; ``functools.partial(encoders_from_paths, ...)`` is what the Beam build ships to workers.
+    """
+    from xdyna_jax.porting import loaders
+
+    vae_w = loaders.load_vae(Path(vae)) if vae is not None else None
+    clip_w = loaders.load_clip_vision(Path(image_encoder)) if image_encoder is not None else None
+    return frame_encoders(vae_w, clip_w, batch_size=batch_size)
