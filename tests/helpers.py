@@ -38,3 +38,14 @@ MICRO_TRAIN = [
     "train.stage=adapter+pose_controlnet", "train.frames=1", "train.height=32", "train.width=32",
     "train.schedule=constant", "train.warmup_steps=0", "train.learning_rate=1e-3",
 ]
+
+
+# The networks of MICRO_TRAIN as tiny_models_config overrides (two-level UNet and ControlNets, face one included):
+# for tests whose subject is not the networks' depth (a CLI end to end), a much shorter compile than tiny.yaml's.
+MICRO_NETS = {
+    "unet.block_out_channels": "[32,64]", "unet.attention_head_dim": "[2,2]",
+    "unet.down_block_types": "[CrossAttnDownBlock3D,DownBlock3D]", "unet.up_block_types": "[UpBlock3D,CrossAttnUpBlock3D]",
+    **{f"{cn}.{k}": v for cn in ("pose_controlnet", "face_controlnet") for k, v in (
+        ("block_out_channels", "[32,64]"), ("attention_head_dim", "[2,2]"),
+        ("down_block_types", "[CrossAttnDownBlock2D,DownBlock2D]"))},
+}

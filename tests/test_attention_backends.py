@@ -110,25 +110,28 @@ def _random_params(model, seed=0):
 
 
 def test_unet_backends_chunking_and_remat_agree():
+    """cudnn (XLA's dot_product_attention off GPU): the same forward. Query chunks and remat together: the same
+    forward and the same gradient (one program each way: a compile of the UNet's gradient dominates this test)."""
     base = SMALL
     params = _random_params(UNet3D(base))
     rng = np.random.default_rng(1)
     x = rng.standard_normal((1, 3, 8, 8, 4)).astype(np.float32)
     ctx = rng.standard_normal((1, 77 + base.num_ip_tokens, base.cross_attention_dim)).astype(np.float32)
 
-    def forward(cfg):
-        return jax.jit(UNet3D(cfg).apply)({"params": params}, x, 500.0, ctx)
+    def out_and_grad(cfg):
+        def f(p):
+            out = UNet3D(cfg).apply({"params": p}, x, 500.0, ctx)
+            return jnp.mean(out ** 2), out
+        (_, out), g = jax.jit(jax.value_and_grad(f, has_aux=True))(params)
+        return out, g
 
-    ref = forward(base)
-    for variant in (dict(attention_backend="cudnn"), dict(attention_query_chunk=24)):
-        np.testing.assert_allclose(forward(dataclasses.replace(base, **variant)), ref, atol=2e-5, rtol=0)
-
-    def grad(cfg):
-        f = lambda p: jnp.mean(UNet3D(cfg).apply({"params": p}, x, 500.0, ctx) ** 2)
-        return jax.jit(jax.grad(f))(params)
-
-    diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), grad(dataclasses.replace(base, remat=True)),
-                        grad(base))
+    ref, ref_grad = out_and_grad(base)
+    cudnn = jax.jit(UNet3D(dataclasses.replace(base, attention_backend="cudnn")).apply)({"params": params}, x, 500.0,
+                                                                                         ctx)
+    np.testing.assert_allclose(cudnn, ref, atol=2e-5, rtol=0)
+    out, grad = out_and_grad(dataclasses.replace(base, attention_query_chunk=24, remat=True))
+    np.testing.assert_allclose(out, ref, atol=2e-5, rtol=0)
+    diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), grad, ref_grad)
     assert max(jax.tree.leaves(diff)) < 1e-5
 
 
