@@ -1,5 +1,5 @@
 """train.py as a process: bad input, SIGKILL + resume equal to an uninterrupted run exactly, --export writes the
-final checkpoint's params, SIGTERM saves and exits 0, and the default run's loss falls (at a shortened length)."""
+final checkpoint's params, SIGTERM saves and exits 0 (the default run: test_training_cli_default.py)."""
 from __future__ import annotations
 
 import json
@@ -116,15 +116,3 @@ def test_sigterm_saves_and_exits_0(tmp_path):
     step = int(out.split("SIGTERM: saved a checkpoint at step ")[1].split()[0])
     assert (tmp_path / "checkpoints" / str(step) / "state").is_dir()
     assert max(records(tmp_path)) == step
-
-
-def test_default_run_loss_falls(tmp_path):
-    """``python train.py`` (configs/train_tiny.yaml, model init, synthetic data), shortened."""
-    done = subprocess.run([sys.executable, str(REPO_ROOT / "train.py"), "--workdir", str(tmp_path), "train.steps=60"],
-                          env=ENV, capture_output=True, text=True, timeout=1500)
-    assert done.returncode == 0, done.stderr[-2000:]
-    last = done.stdout.strip().splitlines()[-1]
-    assert last.startswith("loss: first") and "checkpoints/60" in last
-    losses = [r["loss"] for _, r in sorted(records(tmp_path).items())]
-    first, final = np.mean(losses[:15]), np.mean(losses[-15:])
-    assert final < 0.8 * first, (first, final)
