@@ -2,7 +2,9 @@
 
 Our configs become diffusers-style configs, our params become official-named tensors (the porting
 module's ``*_params_to_torch``) in one npz, and ``official_xdyna.py`` runs in the oracle venv
-(torch + diffusers 0.24, tools/official_parity/README.md) as a subprocess. The official source is
+(torch + diffusers 0.24, tools/official_parity/README.md) as a subprocess. The configs come from
+``xdyna_jax.porting.official_specs`` and the official code is loaded by ``xdyna_jax.porting.official_runner``, as
+``porting verify`` does. The official source is
 read from the path given on the command line and never copied here. Without that path or the
 oracle python the benchmarks print our figures only.
 """
@@ -16,61 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from xdyna_jax.models import ControlNetConfig, UNet3DConfig
-from xdyna_jax.models.clip import CLIPTextConfig
-from xdyna_jax.models.vae import VAEConfig
 from xdyna_jax.porting import (clip_text_params_to_torch, controlnet_params_to_torch, unet_params_to_torch,
                                vae_params_to_torch)
+# our configs as the official code builds them: shared with `python -m xdyna_jax.porting verify`
+from xdyna_jax.porting.official_runner import OFFICIAL_IP_TOKENS  # noqa: F401
+from xdyna_jax.porting.official_specs import (controlnet_spec, text_encoder_spec, unet_spec,  # noqa: F401
+                                              vae_spec)
 
 RUNNER = Path(__file__).with_name("official_xdyna.py")
-# the official IPAdapterAttention accepts exactly 77 text + 16 image tokens
-OFFICIAL_IP_TOKENS = 16
-
-_COMMON = ("in_channels", "block_out_channels", "layers_per_block", "cross_attention_dim", "norm_num_groups",
-           "norm_eps", "flip_sin_to_cos", "freq_shift", "use_linear_projection", "resnet_time_scale_shift")
-
-
-def _pick(cfg, keys) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in ((k, getattr(cfg, k)) for k in keys)}
-
-
-def unet_spec(cfg: UNet3DConfig) -> dict:
-    """diffusers ``unet/config.json`` plus X-Dyna's ``unet_additional_kwargs`` for our config."""
-    if cfg.unet_use_ipadapter and cfg.num_ip_tokens != OFFICIAL_IP_TOKENS:
-        raise ValueError(f"the official UNet needs num_ip_tokens={OFFICIAL_IP_TOKENS}, got {cfg.num_ip_tokens}")
-    config = _pick(cfg, _COMMON + ("out_channels", "down_block_types", "up_block_types", "attention_head_dim"))
-    config.update(_class_name="UNet3DConditionModel", act_fn="silu", center_input_sample=False, downsample_padding=1,
-                  mid_block_scale_factor=1, sample_size=64)
-    m = cfg.motion_module_kwargs
-    kwargs = _pick(cfg, ("unet_use_cross_frame_attention", "use_motion_module", "unet_use_ipadapter",
-                         "use_inflated_groupnorm", "motion_module_resolutions", "motion_module_mid_block",
-                         "motion_module_decoder_only"))
-    kwargs["motion_module_kwargs"] = _pick(m, ("num_attention_heads", "num_transformer_block",
-                                               "attention_block_types", "temporal_position_encoding",
-                                               "temporal_position_encoding_max_len", "zero_initialize", "cross_id"))
-    return {"config": config, "kwargs": kwargs}
-
-
-def controlnet_spec(cfg: ControlNetConfig) -> dict:
-    out = _pick(cfg, _COMMON + ("conditioning_channels", "conditioning_embedding_out_channels", "down_block_types",
-                                "attention_head_dim"))
-    out.update(_class_name="ControlNetModel", act_fn="silu", downsample_padding=1, mid_block_scale_factor=1,
-               controlnet_conditioning_channel_order="rgb", only_cross_attention=False, upcast_attention=False)
-    return out
-
-
-def vae_spec(cfg: VAEConfig) -> dict:
-    n = len(cfg.block_out_channels)
-    out = _pick(cfg, ("in_channels", "out_channels", "latent_channels", "block_out_channels", "layers_per_block",
-                      "norm_num_groups", "scaling_factor"))
-    out.update(_class_name="AutoencoderKL", act_fn="silu", down_block_types=["DownEncoderBlock2D"] * n,
-               up_block_types=["UpDecoderBlock2D"] * n, sample_size=256)
-    return out
-
-
-def text_encoder_spec(cfg: CLIPTextConfig) -> dict:
-    return _pick(cfg, ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                       "max_position_embeddings", "hidden_act", "layer_norm_eps", "eos_token_id"))
 
 
 _TO_TORCH = {"unet": unet_params_to_torch, "pose_controlnet": controlnet_params_to_torch,

@@ -5,8 +5,8 @@ and runs this file with the oracle venv's python (tools/official_parity/README.m
 
     /work/oracle_venv/bin/python benchmarks/official_xdyna.py --xdyna-repo /tmp/xdyna --spec spec.json
 
-The official code is imported from ``--xdyna-repo`` only, with the CPU patches of
-``tools/official_parity/dump_official.py`` (exact attention instead of xformers, no torchvision)
+The official code is imported from ``--xdyna-repo`` only, with the import-time patches of
+``xdyna_jax/porting/official_runner.py`` (exact attention instead of xformers, no torchvision)
 plus a ``GaussianBlur`` for the pipeline's blurred init. The spec (JSON) holds diffusers-style
 configs, the path of an npz of official-named weights and the shapes; see ``official_bridge.py``.
 Prints one JSON line: {"compile_s": 0, "times": [...], "versions": {...}, ...}.
@@ -22,11 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-# before dump_official's torchvision stub: transformers looks torchvision up by import spec, which a stub lacks
+# before official_runner's torchvision stub: transformers looks torchvision up by import spec, which a stub lacks
 import transformers  # noqa: F401
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools" / "official_parity"))
-from dump_official import deep_update, load_official, shipped_unet_kwargs, versions  # noqa: E402
+# by its path: the oracle venv has no JAX, so the xdyna_jax package (which imports it) is not imported
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "xdyna_jax" / "porting"))
+from official_runner import deep_update, load_official, shipped_unet_kwargs, versions  # noqa: E402
 
 
 class GaussianBlur:
@@ -116,6 +117,8 @@ def time_pipeline(off, spec, weights):
     from diffusers import AutoencoderKL, DDIMScheduler
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    # the pipeline imports torchvision.transforms.GaussianBlur (official_runner's stub is gone after loading)
+    sys.modules.setdefault("torchvision", types.ModuleType("torchvision"))
     sys.modules["torchvision.transforms"] = types.SimpleNamespace(GaussianBlur=GaussianBlur)
     from animatediff.pipelines.pipeline_xdyna import XDynaPipeline
     from PIL import Image

@@ -30,7 +30,6 @@ import argparse
 import copy
 import json
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -192,82 +191,12 @@ CASES = {
 
 
 # --------------------------------------------------------------------------------------
-# Loading the official code (with the CPU patches of spec §10b)
+# Loading the official code: xdyna_jax/porting/official_runner.py (the patches of README.md), imported by
+# its path because the oracle venv has no JAX (the xdyna_jax package imports it)
 # --------------------------------------------------------------------------------------
 
-def _exact_attention(self, query, key, value, attention_mask=None):
-    """Stand-in for the ``self._attention`` the official non-xformers branch calls.
-
-    query/key/value are (batch*heads, n, d) from ``head_to_batch_dim``; the result is
-    softmax(q k^T * self.scale) v in float32, folded back with ``batch_to_head_dim``
-    (what ``_memory_efficient_attention_xformers`` returns).
-    """
-    import torch
-
-    if attention_mask is not None:
-        raise NotImplementedError("no attention mask is used by X-Dyna")
-    q, k, v = query.float(), key.float(), value.float()
-    scores = torch.baddbmm(
-        torch.empty(q.shape[0], q.shape[1], k.shape[1], dtype=torch.float32, device=q.device),
-        q, k.transpose(-1, -2), beta=0, alpha=self.scale,
-    )
-    probs = scores.softmax(dim=-1)
-    out = torch.bmm(probs, v).to(query.dtype)
-    return self.batch_to_head_dim(out)
-
-
-def load_official(xdyna_repo: str):
-    """Import the official modules from ``xdyna_repo`` and patch them for CPU use."""
-    repo = Path(xdyna_repo).resolve()
-    if not (repo / "animatediff" / "models" / "unet.py").is_file():
-        raise SystemExit(f"{repo} does not look like an X-Dyna checkout (animatediff/models/unet.py missing)")
-    # The official motion_module.py does `import torchvision` but never uses it.
-    if "torchvision" not in sys.modules:
-        sys.modules["torchvision"] = types.ModuleType("torchvision")
-    sys.path.insert(0, str(repo))
-
-    from diffusers.utils.import_utils import is_xformers_available
-
-    if is_xformers_available():
-        raise SystemExit("xformers is importable: the oracle must use the exact-attention fallback")
-
-    from animatediff.models import attention as off_attention
-    from animatediff.models import motion_module as off_motion
-    from animatediff.models.controlnet import ControlNetModel
-    from animatediff.models.ip_adapter import Resampler
-    from animatediff.models.unet import UNet3DConditionModel
-
-    for cls in (
-        off_attention.MixedCausalAttention2D,
-        off_attention.SparseCausalAttention2D,
-        off_attention.IPAdapterAttention,
-        off_motion.VersatileAttention,
-    ):
-        cls._slice_size = None
-        cls._attention = _exact_attention
-    return types.SimpleNamespace(
-        UNet3DConditionModel=UNet3DConditionModel,
-        ControlNetModel=ControlNetModel,
-        Resampler=Resampler,
-        repo=repo,
-    )
-
-
-def shipped_unet_kwargs(repo: Path) -> dict:
-    from omegaconf import OmegaConf
-
-    cfg = OmegaConf.load(str(repo / "configs" / "x_dyna.yaml"))
-    return OmegaConf.to_container(cfg.unet_additional_kwargs, resolve=True)
-
-
-def deep_update(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_update(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
+sys.path.insert(0, str(REPO_ROOT / "xdyna_jax" / "porting"))
+from official_runner import deep_update, load_official, shipped_unet_kwargs  # noqa: E402,F401
 
 
 # --------------------------------------------------------------------------------------

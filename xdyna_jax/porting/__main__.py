@@ -8,6 +8,7 @@
   inspect FILE_OR_DIFFUSERS_DIR
   bundle --out DIR --unet ... --pose-controlnet ... (the whole official set; see bundle_cli.py)
   export-bundle --bundle DIR --out OUT_DIR
+  verify --bundle DIR --official-repo X-Dyna/ [--latent H W] [--frames F] [--seed S] [--python PATH] (verify.py)
 
 ``convert`` writes DIR/params (an Orbax checkpoint of the param tree), DIR/config.yaml (the model
 config, ``xdyna_jax.config`` format) and, for a composed UNet, DIR/report.txt. The model config
@@ -240,12 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     from .bundle_cli import add_commands  # bundle, export-bundle: every network in one folder
 
     add_commands(sub, DTYPES)
+    from .verify import add_command  # verify: a bundle against the official PyTorch code
+
+    add_command(sub)
     return p
 
 
-def _run(argv) -> None:
+def _run(argv) -> int | None:
     args = build_parser().parse_args(argv)
-    args.func(args)
+    return args.func(args)  # verify returns 1 when a network is out of tolerance
 
 
 def main(argv=None) -> int:

@@ -4,7 +4,8 @@ Layout of a bundle folder::
 
     params/        one Orbax checkpoint of {part: param tree} (parts as ``models.xdyna.PARTS``)
     config.yaml    the ``ModelsConfig`` (``face_controlnet: null`` when the bundle has none)
-    bundle.json    {"format": "xdyna-jax-bundle", "version": 1, "parts": [...], "sources": {part: file}}
+    bundle.json    {"format": "xdyna-jax-bundle", "version": 2, "parts": [...], "sources": {part: file,
+                   "<part>_config": config.json (with --official/--hub)}}: what ``verify`` compares against
     report.txt     what came from where (UNet init-file keys, ...)
     tokenizer/     optional: the CLIPTokenizer files (vocab.json, merges.txt, ...)
 
@@ -112,14 +113,19 @@ def convert_bundle(cfg, *, unet=None, unet_init=None, pose_controlnet=None, face
 def _strict(state, part_cfg, where):
     from .convert import params_from_torch
 
-    return params_from_torch(state, part_cfg, where=str(where))
+    return params_from_torch(state, part_cfg, where=str(where), consume=True)  # state: read for this call only
 
 
 # --- the folder -------------------------------------------------------------------------------------
 
 def save_bundle(out, params: Mapping[str, Any], cfg, report: str = "", tokenizer=None,
-                sources: Mapping[str, str] | None = None, force: bool = False) -> Path:
-    """Write a bundle folder; it appears only when complete (built in a temporary sibling)."""
+                sources: Mapping[str, str] | None = None, force: bool = False, consume: bool = False) -> Path:
+    """Write a bundle folder; it appears only when complete (built in a temporary sibling).
+
+    ``consume``: ``params`` (nested dicts of host arrays) is the caller's to give up; its leaves are replaced in
+    place by device arrays before saving: Orbax copies a numpy tree whole while writing it, but streams a tree of
+    device arrays (benchmarks/porting_memory.py), and in place the host never holds both.
+    """
     import orbax.checkpoint as ocp
 
     out = Path(out).absolute()
@@ -130,10 +136,14 @@ def save_bundle(out, params: Mapping[str, Any], cfg, report: str = "", tokenizer
         raise PortingError(f"{out} exists (use --force to overwrite)")
     if not out.parent.is_dir():
         raise PortingError(f"{out.parent}: no such directory for the bundle")
+    if consume:
+        _to_device_in_place(params)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        with ocp.StandardCheckpointer() as ckptr:
-            ckptr.save(tmp / "params", dict(params))
+        # one zarr array per param instead of OCDBT: OCDBT's writer buffers about 0.8x the tree at once, the
+        # per-array writes stream (benchmarks/porting_memory.py); StandardCheckpointer restores either
+        with ocp.Checkpointer(ocp.StandardCheckpointHandler(use_ocdbt=False)) as ckptr:
+            ckptr.save(tmp / "params", args=ocp.args.StandardSave(dict(params)))
         (tmp / "config.yaml").write_text(yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
         meta = {"format": FORMAT, "version": VERSION, "parts": sorted(params), "sources": dict(sources or {})}
         (tmp / "bundle.json").write_text(json.dumps(meta, indent=1) + "\n")
@@ -147,6 +157,14 @@ def save_bundle(out, params: Mapping[str, Any], cfg, report: str = "", tokenizer
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _to_device_in_place(tree) -> None:
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            _to_device_in_place(v)
+        else:
+            tree[k] = jax.device_put(v)  # the host array goes with its last reference, one leaf at a time
 
 
 def _copy_tokenizer(src: Path, dst: Path) -> None:

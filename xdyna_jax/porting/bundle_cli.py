@@ -50,9 +50,9 @@ def _bundle(args) -> None:
         raise PortingError(f"{out.parent}: no such directory for the bundle")
     base = models_config(args.config, args.preset, args.set)
     files = {k: getattr(args, k) for k in _FILES if getattr(args, k) is not None}
-    head, tokenizer = [], args.tokenizer
+    head, tokenizer, configs = [], args.tokenizer, {}
     if args.official is not None or args.hub:
-        cfg, files, tokenizer, head = _official_inputs(args, base, files)
+        cfg, files, tokenizer, head, configs = _official_inputs(args, base, files)
         print("\n".join(head), flush=True)
     elif args.revision or args.offline or args.xdyna_yaml:
         raise PortingError("--revision, --offline and --xdyna-yaml go with --official or --hub")
@@ -61,14 +61,17 @@ def _bundle(args) -> None:
 
         cfg, files = base, {k: given_file(k, v) for k, v in files.items()}
     params, cfg, report = convert_bundle(cfg, **files)
-    save_bundle(out, params, cfg, "\n".join(head + [report]), tokenizer=tokenizer, force=args.force,
-                sources={k: str(Path(v).absolute()) for k, v in files.items()})
+    save_bundle(out, params, cfg, "\n".join(head + [report]), tokenizer=tokenizer, force=args.force, consume=True,
+                sources={**{k: str(Path(v).absolute()) for k, v in files.items()},
+                         # the official configs too: `verify` builds the official networks from them
+                         **{f"{k}_config": str(Path(v).absolute()) for k, v in configs.items()}})
     print(report)  # the head (what was found, the configs) was printed before converting
     print(f"wrote {out} (parts: {', '.join(sorted(params))})")
 
 
 def _official_inputs(args, base, files):
-    """(config, convert_bundle files, tokenizer, report head) of the official folder or the hub's copy."""
+    """(config, convert_bundle files, tokenizer, report head, {part: config.json}) of the official folder or the
+    hub's copy."""
     from . import hub, official, official_config
 
     if args.official and args.hub:
@@ -87,7 +90,7 @@ def _official_inputs(args, base, files):
     parts = official.find_parts(roots, files, args.tokenizer, where)
     stated = f"--config {args.config}" if args.config else (f"--preset {args.preset}" if args.preset else None)
     cfg, cfg_lines = official_config.models_config(parts, base, stated, args.set, yaml_path, args.preset or "sd15")
-    return cfg, parts.files, parts.tokenizer, head + parts.lines + [yaml_note] + cfg_lines
+    return cfg, parts.files, parts.tokenizer, head + parts.lines + [yaml_note] + cfg_lines, parts.configs
 
 
 def _export_bundle(args) -> None:

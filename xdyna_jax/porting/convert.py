@@ -142,16 +142,23 @@ def check_state_dict(state: Mapping[str, Any], cfg, where: str = "state dict") -
         raise PortingError(f"{where} does not fit {type(cfg).__name__}:\n" + "\n".join(parts))
 
 
-def params_from_torch(state: Mapping[str, Any], cfg, where: str = "state dict") -> dict:
-    """Official state dict -> nested dict of numpy arrays matching ``param_shapes``."""
+def params_from_torch(state: Mapping[str, Any], cfg, where: str = "state dict", consume: bool = False) -> dict:
+    """Official state dict -> nested dict of numpy arrays matching ``param_shapes``.
+
+    ``consume``: ``state`` is a dict the caller gives up; each entry is popped once converted, so its memory is
+    freed as the tree grows (the host holds the checkpoint and the tree together one tensor at a time).
+    """
     check_state_dict(state, cfg, where)
     flat_shapes, entries = flat_param_shapes(cfg)
     out = {}
     for e in entries:
         if e.buffer:
+            if consume:
+                state.pop(e.key, None)
             continue
-        value = names.to_flax(np.asarray(state[e.key]), e.path)
+        value = names.to_flax(np.asarray(state.pop(e.key) if consume else state[e.key]), e.path)
         out[e.path] = np.ascontiguousarray(value.astype(flat_shapes[e.path].dtype, copy=False))
+        del value  # the source tensor goes with its last reference
     return traverse_util.unflatten_dict(out)
 
 
@@ -255,9 +262,14 @@ def upgrade_vae_state_dict(state: Mapping[str, Any], where: str = "VAE state dic
     return out
 
 
-def vae_params_from_torch(state_dict: Mapping[str, Any], cfg, where: str = "VAE state dict") -> dict:
-    """diffusers ``AutoencoderKL`` state dict (old or new attention names) -> VAE params."""
-    return params_from_torch(upgrade_vae_state_dict(state_dict, where), _typed(cfg, "VAEConfig"), where)
+def vae_params_from_torch(state_dict: Mapping[str, Any], cfg, where: str = "VAE state dict",
+                          consume: bool = False) -> dict:
+    """diffusers ``AutoencoderKL`` state dict (old or new attention names) -> VAE params (``consume``: as
+    ``params_from_torch``)."""
+    state = upgrade_vae_state_dict(state_dict, where)
+    if consume and state is not state_dict:
+        state_dict.clear()  # the renamed dict holds the same arrays; only one may keep them
+    return params_from_torch(state, _typed(cfg, "VAEConfig"), where, consume=consume)
 
 
 def vae_params_to_torch(params, cfg, dtype=None) -> dict[str, np.ndarray]:

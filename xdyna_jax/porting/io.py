@@ -27,17 +27,19 @@ class PortingError(UserError):
     """A checkpoint does not fit the model (or cannot be read); the message names what and where."""
 
 
-def read_state_dict(path: str | Path, select: str | None = None) -> dict[str, np.ndarray]:
+def read_state_dict(path: str | Path, select: str | None = None, mmap: bool = False) -> dict[str, np.ndarray]:
     """Read an official state dict from a file.
 
     Unwraps a ``"state_dict"`` wrapper, strips a leading ``"module."`` (DistributedDataParallel) from
     keys, and with ``select`` returns that sub-dict (``"image_proj"`` of an IP-Adapter ``.bin``).
     A ``select`` key that is absent is an error; a file that holds nothing but tensors is returned as is.
+    ``mmap``: a torch pickle's tensors are views of the mapped file, read from disk only where used (copy what
+    you keep; the mapping goes with the last view).
     """
-    return unwrap(read_raw(path), select=select, where=str(path))
+    return unwrap(read_raw(path, mmap=mmap), select=select, where=str(path))
 
 
-def read_raw(path: str | Path) -> Any:
+def read_raw(path: str | Path, mmap: bool = False) -> Any:
     """The file's top-level object as stored (tensors still torch tensors for pickles)."""
     path = Path(path)
     if path.is_dir():
@@ -47,7 +49,7 @@ def read_raw(path: str | Path) -> Any:
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     if path.suffix in PICKLE_SUFFIXES:
-        return _read_pickle(path)
+        return _read_pickle(path, mmap)
     raise PortingError(f"{path}: unknown checkpoint format {path.suffix!r} "
                        f"(expected .safetensors or one of {', '.join(PICKLE_SUFFIXES)}); it looks like {sniff(path)}")
 
@@ -111,7 +113,7 @@ def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
         raise PortingError(f"{path}: cannot read safetensors file, damaged or truncated ({e})") from e
 
 
-def _read_pickle(path: Path) -> Any:
+def _read_pickle(path: Path, mmap: bool = False) -> Any:
     kind = sniff(path)
     if kind not in TORCH_KINDS:
         hint = " (give it a .safetensors name)" if kind == SAFETENSORS else ""
@@ -123,8 +125,10 @@ def _read_pickle(path: Path) -> Any:
                            f"(or convert the file to .safetensors)") from e
     if kind == DAMAGED_ZIP:  # torch would only say "failed finding central directory"
         raise PortingError(f"{path}: damaged or truncated torch checkpoint (its zip archive is incomplete)")
+    # torch maps only zip-format files (torch.save's default since 1.6); a legacy pickle is read whole
+    mmap = mmap and kind == TORCH_ZIP
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as e:
         if "weights only load failed" not in str(e).lower():
             raise PortingError(f"{path}: damaged or truncated torch checkpoint ({_first_line(e)})") from e

@@ -56,14 +56,17 @@ def load_xdyna_unet(checkpoint_path, init_path, cfg) -> tuple[dict, UNetLoadRepo
     of the checkpoint are an error. Unlike it, a param found in neither file is an error (the
     official code would leave it at its random construction value).
     """
-    init = read_state_dict(init_path)
     ckpt = read_state_dict(checkpoint_path)
-    return compose_xdyna_unet(ckpt, init, cfg, str(checkpoint_path), str(init_path))
+    # mapped: only the init values the checkpoint does not replace are read (and copied out)
+    init = read_state_dict(init_path, mmap=True)
+    return compose_xdyna_unet(ckpt, init, cfg, str(checkpoint_path), str(init_path), consume=True)
 
 
 def compose_xdyna_unet(ckpt: Mapping[str, np.ndarray], init: Mapping[str, np.ndarray], cfg,
-                       ckpt_name: str = "checkpoint", init_name: str = "init file") -> tuple[dict, UNetLoadReport]:
-    """``load_xdyna_unet`` on in-memory state dicts."""
+                       ckpt_name: str = "checkpoint", init_name: str = "init file",
+                       consume: bool = False) -> tuple[dict, UNetLoadReport]:
+    """``load_xdyna_unet`` on in-memory state dicts. ``consume``: both are dicts the caller gives up (emptied
+    here), so each tensor is freed once converted; init values kept are copied out of a memory-mapped file."""
     entries = official_entries(cfg)
     expected = {e.key for e in entries}
     params = set(_param_keys(cfg))
@@ -80,14 +83,21 @@ def compose_xdyna_unet(ckpt: Mapping[str, np.ndarray], init: Mapping[str, np.nda
     problems = buffer_problems(merged, entries)
     if problems:
         raise PortingError(f"{init_name}:\n" + "\n".join(problems))
-    merged.update(ckpt)
-    missing = sorted(params - set(merged))
+    ckpt_keys, init_keys = set(ckpt), set(init)
+    missing = sorted(params - set(merged) - ckpt_keys)
     if missing:
         raise PortingError(f"{len(missing)} UNet param(s) in neither {ckpt_name} nor {init_name}: {missing[:50]}")
-    out = params_from_torch(merged, cfg, where=f"{init_name} + {ckpt_name}")
-    report = UNetLoadReport(init_only=sorted(params - set(ckpt)), copied_to_q_ff=copied,
-                            ignored_init_keys=sorted(set(init) - expected),
-                            from_checkpoint=len(params & set(ckpt)))
+    if consume:
+        merged = {k: np.array(v) for k, v in merged.items() if k not in ckpt_keys}
+        init.clear()  # releases the init file's mapping
+        merged.update(ckpt)
+        ckpt.clear()
+    else:
+        merged.update(ckpt)
+    out = params_from_torch(merged, cfg, where=f"{init_name} + {ckpt_name}", consume=consume)
+    report = UNetLoadReport(init_only=sorted(params - ckpt_keys), copied_to_q_ff=copied,
+                            ignored_init_keys=sorted(init_keys - expected),
+                            from_checkpoint=len(params & ckpt_keys))
     return out, report
 
 
@@ -159,7 +169,7 @@ def load_controlnet(path, cfg=None) -> tuple[dict, Any]:
     if cfg is None:
         w = state.get("controlnet_cond_embedding.conv_in.weight")
         cfg = ControlNetConfig.sd15(**({"conditioning_channels": int(w.shape[1])} if w is not None and w.ndim == 4 else {}))
-    return params_from_torch(state, cfg, where=str(weights)), cfg
+    return params_from_torch(state, cfg, where=str(weights), consume=True), cfg
 
 
 def load_resampler(path, cfg=None) -> tuple[dict, Any]:
@@ -192,7 +202,7 @@ def load_vae(path, cfg=None) -> tuple[dict, Any]:
         except ValueError as e:
             raise PortingError(f"{path / 'config.json'}: {e}") from e
     cfg = cfg if cfg is not None else VAEConfig.sd15()
-    return vae_params_from_torch(read_state_dict(weights), cfg, where=str(weights)), cfg
+    return vae_params_from_torch(read_state_dict(weights), cfg, where=str(weights), consume=True), cfg
 
 
 _TRANSFORMERS_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
@@ -224,7 +234,7 @@ def _load_clip(path, cfg, cls_name: str) -> tuple[dict, Any]:
     if cfg is None:  # no config: the preset, with a projection head iff the file has one
         proj = state.get(proj_key)
         cfg = getattr(cls, preset)(projection_dim=int(proj.shape[0]) if proj is not None and proj.ndim == 2 else None)
-    return params_from_torch(state, cfg, where=str(weights)), cfg
+    return params_from_torch(state, cfg, where=str(weights), consume=True), cfg
 
 
 def load_clip_vision(path, cfg=None) -> tuple[dict, Any]:
