@@ -13,19 +13,26 @@ Sections (``--sections``, default both):
         S-Face maps), so the VAE encoder and the CLIP image encoder stay resident but do not run.
         Rows are ``mesh:HxW:stage:remat`` (remat: off, on or a policy name of xdyna_jax/models/remat.py,
         e.g. dots_saveable); meshes ``one`` (1 device, global batch 1), ``fsdp8`` and
-        ``data2fsdp4`` (8 devices, global batch 8). Attention is the GPU/TPU program's (``sd15_setup``): the
-        ``xla`` backend's one einsum, f32 logits for all queries (``attention_query_chunk`` bounds them).
+        ``data2fsdp4`` (8 devices, global batch 8). ``--attention`` picks the UNet's and ControlNets'
+        attention: ``blockwise`` (default: the memory-linear training path, models/blockwise.py), ``dense``
+        (the ``xla`` backend's GPU/TPU program, one einsum, f32 logits for all queries) or ``chunk1024``
+        (that einsum over query chunks of 1024, each rematerialised).
         Each row compiles in a child process that is stopped once XLA has assigned its buffers
         (``compile_in_child``); the memory is read from that assignment, the table ``memory_analysis()`` sums.
-FLOPs: XLA's cost analysis of the step lowered for GPU (``lowering_platforms=("cuda",)``, not compiled),
-whose attention is one einsum. XLA's cost analysis counts a loop body once, so the CPU executable's own
-figure (the one train.py logs on a CPU, with the tiled attention) is too low. Remat recomputation is
-included. Memory: per device, arguments + outputs + temporaries - aliased (donated state).
+FLOPs: XLA's cost analysis of the step lowered for GPU (``lowering_platforms=("cuda",)``, not compiled).
+XLA's cost analysis counts a loop body once, so loops are counted unrolled: the dense path is one einsum,
+and the blockwise path is lowered with one block per attention for the count (its scans then run once; the
+arithmetic per query-key pair, recomputation in the backward pass included, does not depend on the block
+size). The CPU executable's own figure (the one train.py logs on a CPU, with the tiled attention) is too
+low for the same reason. Remat recomputation is included. Every sd15 row also reports the dense path's
+FLOPs at the same remat and their ratio (the cost of the recomputation). Memory: per device, arguments + outputs + temporaries - aliased (donated state).
 Ratios are against the first row of each table, measured in the same run. Example:
   python benchmarks/train_bench.py                       # the recorded run (benchmarks/RESULTS.md)
   python benchmarks/train_bench.py --sections sd15 --sd15 one:512x512:adapter:on fsdp8:896x512:full:on
-  python benchmarks/train_bench.py --sections sd15 --sd15-override models.unet.attention_query_chunk=1024 \
-      models.pose_controlnet.attention_query_chunk=1024 models.face_controlnet.attention_query_chunk=1024
+  python benchmarks/train_bench.py --sections sd15 --attention chunk1024 --sd15 fsdp8:896x512:full:on
+  python benchmarks/train_bench.py --sections sd15 --sd15 fsdp8:896x512:full:on --json rows.json
+``--json FILE`` writes a list with one object per sd15 row: ``{"row", "peak_gib", "temp_gib", "state_gib",
+"tflop_per_step", ...}`` (per device; the extra keys name the attention and the dense FLOPs ratio).
 """
 from __future__ import annotations
 
@@ -48,6 +55,9 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
+
+import contextlib  # noqa: E402
+import json  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -76,6 +86,27 @@ NO_COMBINER = "cpu-all-reduce-combiner,all-reduce-combiner"
 # XLA:CPU's default scheduler orders for concurrency; GPU and TPU compilers schedule for memory, so the rows do too
 MEMORY_SCHEDULER = "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
 TINY_ROWS = ["full:off", "full:on", "adapter:off"]
+# the networks whose attention --attention sets (the frozen VAE and CLIP do not run: the batch is pre-encoded)
+ATTENTION_NETS = ("unet", "pose_controlnet", "face_controlnet")
+ATTENTION = {"blockwise": ("attention_backend=blockwise", "attention_query_chunk=0"),
+             "dense": ("attention_backend=xla", "attention_query_chunk=0"),
+             "chunk1024": ("attention_backend=xla", "attention_query_chunk=1024")}
+
+
+def attention_overrides(name: str) -> list[str]:
+    return [f"models.{net}.{kv}" for net in ATTENTION_NETS for kv in ATTENTION[name]]
+
+
+@contextlib.contextmanager
+def one_block_attention():
+    """Blockwise attention with one block per call while counting FLOPs (module doc): the cost analysis
+    counts a scan's body once, and with one block the body is all the work."""
+    orig = attention.blockwise_attention
+    attention.blockwise_attention = lambda *a, **kw: orig(*a, **{**kw, "block_q": 1 << 30, "block_k": 1 << 30})
+    try:
+        yield
+    finally:
+        attention.blockwise_attention = orig
 
 
 def run_config(models_file: str, overrides) -> train_config.TrainRunConfig:
@@ -129,7 +160,8 @@ def _flops_cached(run, models, spec):
     state = st.abstract_state(run, xdyna.param_shapes(run.models))
     batch = {k: jax.ShapeDtypeStruct(s, jnp.dtype(d)) for k, s, d in spec}
     fn = jax.jit(functools.partial(sp.train_step, run=sp.step_key_config(run), models=models))
-    return float(fn.trace(state, batch).lower(lowering_platforms=("cuda",)).cost_analysis()["flops"])
+    with one_block_attention():
+        return float(fn.trace(state, batch).lower(lowering_platforms=("cuda",)).cost_analysis()["flops"])
 
 
 def model_flops(run, models, batch) -> float:
@@ -222,13 +254,15 @@ def abstract_batch(run, mesh) -> dict:
                         sp.batch_shardings(shapes, mesh))
 
 
-def sd15_setup(row: str, args):
-    """(run, models, mesh, abstract state, abstract batch) of one ``mesh:HxW:stage:remat`` row."""
+def sd15_setup(row: str, args, attention_name: str | None = None):
+    """(run, models, mesh, abstract state, abstract batch) of one ``mesh:HxW:stage:remat`` row, with
+    ``attention_name`` (default ``--attention``) in the UNet and ControlNets."""
     mesh_name, size, stage, remat = parse_row(row, SD15_FIELDS).values()
     h, w = map(int, size.split("x"))
     run = run_config(args.sd15_models, row_overrides(stage, remat, MESHES[mesh_name], 1, [
         "train.frames=16", f"train.height={h}", f"train.width={w}", f"train.compute_dtype={args.dtype}",
-        "data.encoded=[vae_moments,clip_hidden]", *args.sd15_override]))
+        "data.encoded=[vae_moments,clip_hidden]", *attention_overrides(attention_name or args.attention),
+        *args.sd15_override]))
     # compile the GPU/TPU branch of attention() (lax.platform_dependent's default: one einsum, or query chunks)
     # on this CPU: the CPU branch loops over tiles whose loop axis holds the batch, and XLA gathers the whole batch
     # onto every device for it (tiny networks at 256x256: fsdp=8 needed 5.7x the one-device temporaries)
@@ -270,7 +304,7 @@ def compile_in_child(row: str, args, on_start=lambda: None) -> tuple[dict, float
                    f"--xla_dump_hlo_module_re=.*train_step.* --xla_disable_hlo_passes={NO_COMBINER} "
                    f"--xla_cpu_scheduler_type={MEMORY_SCHEDULER}")
         cmd = [sys.executable, __file__, "--child-row", row, "--dtype", args.dtype, "--sd15-models", args.sd15_models,
-               "--sd15-override", *args.sd15_override]
+               "--attention", args.attention, "--sd15-override", *args.sd15_override]
         t0, wall0 = time.perf_counter(), time.time()
         with open(Path(d) / "stderr.txt", "w") as err:
             child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -297,22 +331,37 @@ def compile_in_child(row: str, args, on_start=lambda: None) -> tuple[dict, float
 
 def sd15_row(row: str, args) -> dict:
     run, models, mesh, state, batch = sd15_setup(row, args)
+    dense = sd15_setup(row, args, "dense")
+
+    def count():  # the parent's FLOP counts overlap the child's compile
+        flops.append(model_flops(run, models, batch))
+        flops.append(model_flops(dense[0], dense[1], dense[4]))
+
     flops = []
-    mem, secs = compile_in_child(row, args, on_start=lambda: flops.append(model_flops(run, models, batch)))
+    mem, secs = compile_in_child(row, args, on_start=count)
     mesh_name, size, stage, remat = parse_row(row, SD15_FIELDS).values()
     return dict(row=row, mesh=mesh_name, size=size, stage=stage, remat=remat, devices=mesh.size,
-                batch=run.train.batch_size, compile_s=secs, state=state_bytes(state), **mem, flops=flops[0])
+                batch=run.train.batch_size, attention=args.attention, compile_s=secs, state=state_bytes(state),
+                **mem, flops=flops[0], flops_dense=flops[1])
+
+
+def row_json(r: dict) -> dict:
+    """The contract object of one sd15 row (per device; GiB = 2^30 bytes)."""
+    return dict(row=r["row"], peak_gib=round(r["peak"] / GiB, 3), temp_gib=round(r["temp"] / GiB, 3),
+                state_gib=round(r["state"] / GiB, 3), tflop_per_step=round(r["flops"] / 1e12, 2),
+                attention=r["attention"], tflop_dense=round(r["flops_dense"] / 1e12, 2),
+                flops_vs_dense=round(r["flops"] / r["flops_dense"], 3), devices=r["devices"],
+                compile_s=round(r["compile_s"], 1))
 
 
 def sd15(args, start: float) -> list[dict]:
     print(f"\n## sd15: configs/{args.sd15_models} networks, 16+1 frames, per-device batch 1, {args.dtype} compute, "
-          f"float32 params and Adam moments, pre-encoded batch, GPU/TPU attention path; compiled only, memory per "
-          f"device "
-          f"{' '.join(args.sd15_override)}")
+          f"float32 params and Adam moments, pre-encoded batch, {args.attention} attention (GPU/TPU path); compiled "
+          f"only, memory per device {' '.join(args.sd15_override)}")
     chips = " | ".join(f"fits {c}" for c in CHIPS)
     print(f"| mesh | devices × batch | image | stage | remat | s to assignment | state GiB | temp GiB | peak GiB | "
-          f"× base | TFLOP/step/device | {chips} |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"
-          + "---|" * len(CHIPS), flush=True)
+          f"× base | TFLOP/step/device | FLOPs × dense | {chips} |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"
+          f"---:|" + "---|" * len(CHIPS), flush=True)
     out, left, last = [], [], 0.0
     for row in args.sd15:  # each row printed as it comes: a long run still leaves what it measured
         # a compile takes minutes: start one only when one as long as the last still fits the budget
@@ -330,10 +379,14 @@ def sd15(args, start: float) -> list[dict]:
         fits = " | ".join("yes" if r["peak"] <= HEADROOM * cap else "no" for cap in CHIPS.values())
         print(f"| {r['mesh']} | {r['devices']} × {r['batch'] // r['devices']} | {r['size']} | {r['stage']} | "
               f"{r['remat']} | {r['compile_s']:.1f} | {r['state'] / GiB:.2f} | {r['temp'] / GiB:.2f} | "
-              f"{r['peak'] / GiB:.2f} | {fmt_ratio(r['peak'], out[0]['peak'])} | {r['flops'] / 1e12:.1f} | {fits} |",
-              flush=True)
+              f"{r['peak'] / GiB:.2f} | {fmt_ratio(r['peak'], out[0]['peak'])} | {r['flops'] / 1e12:.1f} | "
+              f"{fmt_ratio(r['flops'], r['flops_dense'])} | {fits} |", flush=True)
+        if args.json:  # rewritten after every row: a long run still leaves what it measured
+            Path(args.json).write_text(json.dumps([row_json(x) for x in out], indent=1) + "\n")
     if left:
         print(f"not measured (past --budget-min {args.budget_min:g}, or as noted): {', '.join(left)}")
+    if args.json:
+        Path(args.json).write_text(json.dumps([row_json(x) for x in out], indent=1) + "\n")
     return out
 
 
@@ -352,6 +405,9 @@ def main(argv=None):
     ap.add_argument("--row-timeout-min", type=float, default=12.0, help="sd15: give up on a row after this long")
     ap.add_argument("--sd15-models", default="sd15.yaml", help="sd15: the networks (a configs/ file)")
     ap.add_argument("--sd15-override", nargs="*", default=[], help="sd15: key=value for every row")
+    ap.add_argument("--attention", choices=sorted(ATTENTION), default="blockwise",
+                    help="sd15: the UNet's and ControlNets' attention (module doc)")
+    ap.add_argument("--json", help="sd15: write the rows here, one object per row (module doc)")
     ap.add_argument("--child-row", help=argparse.SUPPRESS)  # compile_in_child's child: compile one row, no output
     args = ap.parse_args(argv)
     rows = [(r, TINY_FIELDS) for r in args.tiny] if "tiny" in args.sections else []
