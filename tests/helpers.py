@@ -1,6 +1,7 @@
 """Small helpers shared by the tests (import as ``from helpers import ...``; tests/ is on sys.path)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -49,3 +50,13 @@ MICRO_NETS = {
         ("block_out_channels", "[32,64]"), ("attention_head_dim", "[2,2]"),
         ("down_block_types", "[CrossAttnDownBlock2D,DownBlock2D]"))},
 }
+
+
+def records(workdir) -> dict[int, dict]:
+    """``{step: record}`` of a training run's ``metrics.jsonl``; a resumed run re-logs the steps after its
+    checkpoint: the last record of a step wins."""
+    out = {}
+    for line in (workdir / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        out[r["step"]] = r
+    return out

@@ -2,7 +2,6 @@
 final checkpoint's params, SIGTERM saves and exits 0 (the default run: test_training_cli_default.py)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -11,7 +10,7 @@ import time
 
 import numpy as np
 
-from helpers import MICRO_TRAIN, REPO_ROOT
+from helpers import MICRO_TRAIN, REPO_ROOT, records
 
 # one device, the same flags as a user's run; the compile cache is the user's (shared across test sessions)
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
@@ -20,14 +19,6 @@ SMALL = [*MICRO_TRAIN, "train.batch_size=2"]  # the micro networks (helpers.py):
 
 def train_cmd(workdir, *extra, options=()):
     return [sys.executable, str(REPO_ROOT / "train.py"), "--workdir", str(workdir), *options, *SMALL, *extra]
-
-
-def records(workdir) -> dict[int, dict]:
-    out = {}
-    for line in (workdir / "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        out[r["step"]] = r  # a resumed run re-logs the steps after its checkpoint: the last wins
-    return out
 
 
 def test_unknown_key_is_one_line_exit_2(capsys):

@@ -3,25 +3,16 @@ length). A file of its own: it compiles the tiny networks' full-stage step (minu
 --dist loadfile can run it beside test_training_cli.py's other subprocess runs instead of after them."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 
 import numpy as np
 
-from helpers import REPO_ROOT
+from helpers import REPO_ROOT, records
 
 # one device, the same flags as a user's run (as test_training_cli.py)
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
-
-
-def records(workdir) -> dict[int, dict]:
-    out = {}
-    for line in (workdir / "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        out[r["step"]] = r
-    return out
 
 
 def test_default_run_loss_falls(tmp_path):

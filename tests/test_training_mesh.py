@@ -3,14 +3,13 @@ checkpoint restores onto another mesh shape and training continues there; the EM
 accumulation and bf16 compute checked against hand re-computations."""
 from __future__ import annotations
 
-import json
 
 import jax
 import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from helpers import CONFIGS, MICRO_TRAIN
+from helpers import CONFIGS, MICRO_TRAIN, records
 from xdyna_jax.sharding import make_mesh
 from xdyna_jax.training import checkpoint, loop, objective
 from xdyna_jax.world.source import SyntheticSource, make_source
@@ -28,14 +27,6 @@ PARAM_ATOL = 2e-5   # after two AdamW steps of lr 1e-3 (an update is at most ~lr
 
 def run_of(*extra):
     return train_config.load(CONFIGS / "train_tiny.yaml", [*COMMON, *extra])
-
-
-def records(workdir) -> dict[int, dict]:
-    out = {}
-    for line in (workdir / "metrics.jsonl").read_text().splitlines():
-        r = json.loads(line)
-        out[r["step"]] = r
-    return out
 
 
 def flat_np(tree) -> dict[str, np.ndarray]:
