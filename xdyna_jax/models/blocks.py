@@ -17,7 +17,7 @@ from xdyna_jax import sharding
 from . import remat as remat_lib
 from .attention import CrossAttention, SelfAttention
 from .configs import MotionConfig
-from .layers import Conv, Dense, GroupNorm, LayerNorm, feed_forward
+from .layers import Conv, Dense, FeedForward, GroupNorm, LayerNorm
 from .motion import MotionModule
 
 
@@ -42,7 +42,6 @@ class BlockSpec:
     backend: str = "xla"
     remat: bool | str = False  # a models/remat.py policy
     query_chunk: int = 0
-    ff_chunk: int = 0  # > 0: feed-forwards over chunks of this many tokens (layers.feed_forward)
 
 
 def _remat(cls, spec: BlockSpec):
@@ -107,7 +106,7 @@ class TransformerBlock(nn.Module):
             LayerNorm(name="norm1", **kw)(h))
         h = h + CrossAttention(self.heads, s.num_ip_tokens, s.backend, name="attn2", query_chunk=s.query_chunk, **kw)(
             LayerNorm(name="norm2", **kw)(h), context)
-        return h + feed_forward(LayerNorm(name="norm3", **kw)(h), chunk=s.ff_chunk, name="ff", **kw)
+        return h + FeedForward(name="ff", **kw)(LayerNorm(name="norm3", **kw)(h))
 
 
 class Transformer(nn.Module):
@@ -163,8 +162,7 @@ class DownBlock(nn.Module):
             if s.has_attention:
                 h = pin(_remat(Transformer, s)(s, s.heads, name=f"attentions_{j}", **kw)(h, context))
             if s.has_motion:
-                h = pin(_remat(MotionModule, s)(s.motion, s.backend, ff_chunk=s.ff_chunk, name=f"motion_modules_{j}",
-                                                **kw)(h))
+                h = pin(_remat(MotionModule, s)(s.motion, s.backend, name=f"motion_modules_{j}", **kw)(h))
             skips.append(h)
         if s.add_sampler:
             h = pin(Downsample3D(s.out_channels, name="downsamplers_0", **kw)(h))
@@ -210,8 +208,7 @@ class MidBlock3D(nn.Module):
         h = pin(_remat(ResnetBlock3D, s)(s.out_channels, s, name="resnets_0", **kw)(h, temb))
         h = pin(_remat(Transformer, s)(s, s.heads, name="attentions_0", **kw)(h, context))
         if s.has_motion:
-            h = pin(_remat(MotionModule, s)(s.motion, s.backend, ff_chunk=s.ff_chunk, name="motion_modules_0",
-                                            **kw)(h))
+            h = pin(_remat(MotionModule, s)(s.motion, s.backend, name="motion_modules_0", **kw)(h))
         return pin(_remat(ResnetBlock3D, s)(s.out_channels, s, name="resnets_1", **kw)(h, temb))
 
 
@@ -232,8 +229,7 @@ class UpBlock(nn.Module):
             if s.has_attention:
                 h = pin(_remat(Transformer, s)(s, s.heads, name=f"attentions_{j}", **kw)(h, context))
             if s.has_motion:
-                h = pin(_remat(MotionModule, s)(s.motion, s.backend, ff_chunk=s.ff_chunk, name=f"motion_modules_{j}",
-                                                **kw)(h))
+                h = pin(_remat(MotionModule, s)(s.motion, s.backend, name=f"motion_modules_{j}", **kw)(h))
         if s.add_sampler:
             h = pin(Upsample3D(s.out_channels, name="upsamplers_0", **kw)(h, upsample_size))
         return h

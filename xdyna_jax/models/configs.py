@@ -125,15 +125,12 @@ class UNet3DConfig:
     param_dtype: DType = "float32"
     attention_backend: AttentionBackend = "xla"
     attention_query_chunk: int = 0  # > 0: xla attention over query chunks (bounded memory); blockwise: its query block
-    ff_chunk: int = 0  # > 0: every feed-forward over chunks of this many tokens (bounded GEGLU memory; same values)
     # gradient checkpointing per resnet / transformer / motion module: a policy name of models/remat.py
     # (none, blocks, dots_saveable, ...; true/on = blocks, false/off = none), stored as remat.config_value
     remat: bool | str = False
 
     def __post_init__(self):
         object.__setattr__(self, "remat", remat_lib.config_value(self.remat))
-        if self.ff_chunk < 0:
-            raise ValueError(f"ff_chunk must be >= 0 (0: no chunks), got {self.ff_chunk}")
         n = len(self.block_out_channels)
         if len(self.down_block_types) != n or len(self.up_block_types) != n:
             raise ValueError("down_block_types, up_block_types and block_out_channels must have the same length")
@@ -221,13 +218,10 @@ class ControlNetConfig:
     param_dtype: DType = "float32"
     attention_backend: AttentionBackend = "xla"
     attention_query_chunk: int = 0  # > 0: xla attention over query chunks (bounded memory); blockwise: its query block
-    ff_chunk: int = 0  # > 0: every feed-forward over chunks of this many tokens (bounded GEGLU memory; same values)
     remat: bool | str = False  # as UNet3DConfig.remat
 
     def __post_init__(self):
         object.__setattr__(self, "remat", remat_lib.config_value(self.remat))
-        if self.ff_chunk < 0:
-            raise ValueError(f"ff_chunk must be >= 0 (0: no chunks), got {self.ff_chunk}")
 
     @classmethod
     def sd15(cls, **kw) -> "ControlNetConfig":

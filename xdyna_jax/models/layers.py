@@ -208,32 +208,6 @@ class FeedForward(nn.Module):
         return Dense(dim, dtype=self.dtype, param_dtype=self.param_dtype, axes=("mlp", "embed"), name="net_2")(h)
 
 
-class _FeedForwardStep(FeedForward):
-    """``FeedForward`` as an ``nn.scan`` body over token chunks (carry unused)."""
-
-    def __call__(self, carry, x):
-        return carry, super().__call__(x)
-
-
-def feed_forward(x, *, chunk: int = 0, name: str, **kw):
-    """``FeedForward(name=name)(x)`` on ``x`` (..., N, C), with ``chunk`` > 0 over chunks of ``chunk`` tokens
-    of the N axis, one after another (``nn.scan``, the params shared): the GEGLU hidden (4x wider than ``x``,
-    float32 on XLA:CPU) then lives for one chunk only. The FF is per token, so the result is the same; the
-    batch and frame axes stay whole (their sharding is untouched). Same param tree either way."""
-    n, c = x.shape[-2], x.shape[-1]
-    if chunk <= 0 or n <= chunk:
-        return FeedForward(name=name, **kw)(x)
-    count = -(-n // chunk)
-    size = -(-n // count)  # as even as possible: padding < count tokens
-    pad = count * size - n
-    xs = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(0, pad), (0, 0)]) if pad else x
-    xs = jnp.moveaxis(xs.reshape(x.shape[:-2] + (count, size, c)), -3, 0)
-    scan = nn.scan(_FeedForwardStep, variable_broadcast="params", split_rngs={"params": False}, length=count)
-    _, ys = scan(name=name, **kw)(None, xs)
-    ys = jnp.moveaxis(ys, 0, -3).reshape(x.shape[:-2] + (count * size, c))
-    return ys[..., :n, :] if pad else ys
-
-
 def timestep_embedding(t, dim: int, flip_sin_to_cos: bool, freq_shift: float, max_period: float = 10000.0):
     """diffusers ``get_timestep_embedding`` in float32: (B,) -> (B, dim)."""
     half = dim // 2

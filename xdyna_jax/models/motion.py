@@ -15,7 +15,7 @@ import numpy as np
 
 from .attention import TemporalAttention
 from .configs import MotionConfig
-from .layers import Dense, GroupNorm, LayerNorm, feed_forward
+from .layers import Dense, FeedForward, GroupNorm, LayerNorm
 
 
 def sinusoidal_position_encoding(max_len: int, dim: int) -> np.ndarray:
@@ -33,7 +33,6 @@ class TemporalTransformerBlock(nn.Module):
     backend: str = "xla"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-    ff_chunk: int = 0  # > 0: the feed-forward over chunks of this many tokens (layers.feed_forward)
 
     @nn.compact
     def __call__(self, h):  # (B, F, N, C)
@@ -49,7 +48,7 @@ class TemporalTransformerBlock(nn.Module):
             n = LayerNorm(name=f"norms_{i}", **kw)(h)
             h = h + TemporalAttention(self.cfg.num_attention_heads, self.backend,
                                       name=f"attention_blocks_{i}", **kw)(n, pe)
-        return h + feed_forward(LayerNorm(name="ff_norm", **kw)(h), chunk=self.ff_chunk, name="ff", **kw)
+        return h + FeedForward(name="ff", **kw)(LayerNorm(name="ff_norm", **kw)(h))
 
 
 class TemporalTransformer(nn.Module):
@@ -57,7 +56,6 @@ class TemporalTransformer(nn.Module):
     backend: str = "xla"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-    ff_chunk: int = 0  # > 0: the feed-forward over chunks of this many tokens (layers.feed_forward)
 
     @nn.compact
     def __call__(self, x):  # (B, F, H, W, C)
@@ -66,8 +64,7 @@ class TemporalTransformer(nn.Module):
         h = GroupNorm(self.cfg.norm_num_groups, 1e-6, batch_dims=2, name="norm", **kw)(x)
         h = Dense(c, name="proj_in", **kw)(h.reshape(b, f, hh * ww, c))
         for i in range(self.cfg.num_transformer_block):
-            h = TemporalTransformerBlock(self.cfg, self.backend, ff_chunk=self.ff_chunk, name=f"transformer_blocks_{i}",
-                                         **kw)(h)
+            h = TemporalTransformerBlock(self.cfg, self.backend, name=f"transformer_blocks_{i}", **kw)(h)
         h = Dense(c, zero_init=self.cfg.zero_initialize, name="proj_out", **kw)(h)
         return h.reshape(x.shape) + x
 
@@ -80,12 +77,10 @@ class MotionModule(nn.Module):
     backend: str = "xla"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
-    ff_chunk: int = 0  # > 0: the feed-forward over chunks of this many tokens (layers.feed_forward)
 
     @nn.compact
     def __call__(self, x):
-        tt = TemporalTransformer(self.cfg, self.backend, self.dtype, self.param_dtype, self.ff_chunk,
-                                 name="temporal_transformer")
+        tt = TemporalTransformer(self.cfg, self.backend, self.dtype, self.param_dtype, name="temporal_transformer")
         if not self.cfg.cross_id:
             return tt(x)
         return jnp.concatenate([x[:, :1], tt(x[:, 1:])], axis=1)

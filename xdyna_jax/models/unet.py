@@ -29,7 +29,7 @@ def _block_specs(cfg: UNet3DConfig):
                   num_ip_tokens=cfg.num_ip_tokens if cfg.unet_use_ipadapter else 0,
                   linear_projection=cfg.use_linear_projection, motion=cfg.motion_module_kwargs,
                   backend=cfg.attention_backend, remat=cfg.remat,
-                  query_chunk=cfg.attention_query_chunk, ff_chunk=cfg.ff_chunk)
+                  query_chunk=cfg.attention_query_chunk)
     n = len(cfg.block_out_channels)
     down = []
     for i, t in enumerate(cfg.down_block_types):
