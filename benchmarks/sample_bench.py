@@ -10,9 +10,8 @@ Sections (``--sections``, default all three):
   memory   full-size networks (configs/sd15.yaml), compiled only (abstract inputs, nothing full-size
            allocated): XLA's memory analysis of the program per dtype, with/without the shortcut.
            Arguments are every resident param (UNet, pose and S-Face ControlNets, VAE decoder)
-           and the inputs; temporaries are XLA's peak of the rest. ``--attention`` (UNet and ControlNets:
-           ``blockwise`` by default, the same program on every backend; ``xla`` is the CPU's tiled path) and
-           ``--ff-chunk`` (tokens per feed-forward chunk, 0: none) are the memory knobs.
+           and the inputs; temporaries are XLA's peak of the rest. ``--attention``: the UNet's and ControlNets'
+           backend (``blockwise`` by default, the same program on every backend; ``xla`` is the CPU's tiled path).
 Examples:
   python benchmarks/sample_bench.py --sections speed --official-repo /tmp/xdyna
   python benchmarks/sample_bench.py --sections memory compile
@@ -176,14 +175,12 @@ def compile_times(args):
 def memory(args):
     h, w = args.sd15_latent
     print(f"\n## memory: sd15 networks, 1 job, 16 frames (one CFG-pair window of 16+1 frames), "
-          f"{8 * h}x{8 * w} px, compiled only; VAE decode_chunk {args.decode_chunk}; attention {args.attention}, "
-          f"ff_chunk {args.ff_chunk}")
+          f"{8 * h}x{8 * w} px, compiled only; VAE decode_chunk {args.decode_chunk}; attention {args.attention}")
     print("| dtype | ControlNet once | compile s | params GiB | arguments GiB | temporaries GiB | output GiB | "
           "peak GiB |\n|---|---|---:|---:|---:|---:|---:|---:|")
     for dtype in args.dtypes:
         cfg = models("sd15", dtype)
-        knobs = [f"{n}.{k}" for n in ("unet", "pose_controlnet", "face_controlnet")
-                 for k in (f"attention_backend={args.attention}", f"ff_chunk={args.ff_chunk}")]
+        knobs = [f"{n}.attention_backend={args.attention}" for n in ("unet", "pose_controlnet", "face_controlnet")]
         cfg = config.load(ModelsConfig, None, [f"vae.decode_chunk={args.decode_chunk}", *knobs], defaults=cfg)
         params = abstract_params(cfg)
         n_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
@@ -215,7 +212,6 @@ def main():
     ap.add_argument("--decode-chunk", type=int, default=1, help="memory: VAE frames per decoder call")
     ap.add_argument("--attention", choices=("blockwise", "xla", "cudnn"), default="blockwise",
                     help="memory: the UNet's and ControlNets' attention backend")
-    ap.add_argument("--ff-chunk", type=int, default=0, help="memory: tokens per feed-forward chunk (0: none)")
     ap.add_argument("--cn-once", choices=("both", "on", "off"), default="both", help="memory: ControlNet once")
     args = ap.parse_args()
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} host cores, "
