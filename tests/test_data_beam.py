@@ -205,6 +205,11 @@ def _rows():
         Case("beam-options-unknown", opt("--direct_num_wrkers=2"), "usage",
              "unknown option(s) ['--direct_num_wrkers=2']"),
         Case("beam-options-positional", opt("workers=2"), "usage", "unknown option(s) ['workers=2']"),
+        # one flag as a separate value (argparse alone would take it for an option of its own)
+        Case("beam-options-one-flag-apart", bd("--beam-options", "--direct_num_wrkers=2"), "usage",
+             "unknown option(s) ['--direct_num_wrkers=2']"),
+        Case("beam-options-bad-value-apart", bd("--beam-options", "--direct_num_workers=two"), "out-of-range",
+             "argument --direct_num_workers: invalid int value: 'two'"),
         Case("beam-options-malformed", opt("--runner='Direct"), "wrong-format", "malformed (No closing quotation)"),
         Case("beam-options-bad-value", opt("--direct_num_workers=two"), "out-of-range",
              "argument --direct_num_workers: invalid int value: 'two'"),

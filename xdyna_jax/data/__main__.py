@@ -340,8 +340,22 @@ COMMANDS = {"extract": cmd_extract, "render": cmd_render, "align": cmd_align, "s
             "build": cmd_build}
 
 
+def _glue_beam_options(argv: list[str]) -> list[str]:
+    """``--beam-options VALUE`` as ``--beam-options=VALUE``: argparse takes a separate value that starts
+    with ``--`` and holds no space (one Beam flag, ``"--direct_num_workers=2"``) for an option of its own."""
+    out, it = [], iter(argv)
+    for a in it:
+        out.append(a)
+        if a == "--beam-options":
+            value = next(it, None)
+            if value is not None:
+                out[-1] = f"--beam-options={value}"
+    return out
+
+
 def _run(argv) -> None:
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser().parse_args(_glue_beam_options(argv))
     t0 = time.time()
     summary = COMMANDS[args.cmd](args)
     print(summary)
