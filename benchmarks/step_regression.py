@@ -47,6 +47,10 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     args = ap.parse_args(argv)
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--verify", "--quiet", f"{args.against}^{{commit}}"],
+                         capture_output=True, text=True)
+    if rev.returncode != 0:
+        ap.error(f"--against {args.against}: not a commit of {ROOT}")
     with tempfile.TemporaryDirectory(prefix="step_regression_") as d:
         base = Path(d) / "base"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), args.against],
