@@ -10,8 +10,11 @@ Sections (``--sections``, default all three):
   memory   full-size networks (configs/sd15.yaml), compiled only (abstract inputs, nothing full-size
            allocated): XLA's memory analysis of the program per dtype, with/without the shortcut.
            Arguments are every resident param (UNet, pose and S-Face ControlNets, VAE decoder)
-           and the inputs; temporaries are XLA's peak of the rest. ``--attention``: the UNet's and ControlNets'
-           backend (``blockwise`` by default, the same program on every backend; ``xla`` is the CPU's tiled path).
+           and the inputs; temporaries are XLA's peak of the rest. Each program compiles in a child process
+           under ``common.cpu_as_chip_flags`` (memory scheduler; bf16 activations kept in bf16), and the figures
+           are read from XLA's buffer assignment (``common.compile_in_child``). ``--attention``: the UNet's and
+           ControlNets' backend (``blockwise`` by default, the same program on every backend; ``xla`` is the
+           CPU's tiled path).
 Examples:
   python benchmarks/sample_bench.py --sections speed --official-repo /tmp/xdyna
   python benchmarks/sample_bench.py --sections memory compile
@@ -172,22 +175,36 @@ def compile_times(args):
         print(f"| {n} | {window_count(n, 16, 4)} | {c:.1f} | {c / base:.2f} |")
 
 
+def memory_config(args, dtype: str) -> ModelsConfig:
+    knobs = [f"{n}.attention_backend={args.attention}" for n in ("unet", "pose_controlnet", "face_controlnet")]
+    return config.load(ModelsConfig, None, [f"vae.decode_chunk={args.decode_chunk}", *knobs],
+                       defaults=models("sd15", dtype))
+
+
+def memory_child(args):
+    """``--child-memory DTYPE ON|OFF``: compile that program only (the parent reads XLA's dump of it)."""
+    dtype, cn_once = args.child_memory
+    cfg = memory_config(args, dtype)
+    h, w = args.sd15_latent
+    compile_program(cfg, abstract_params(cfg), inputs(cfg, 16, h, w, 25, abstract=True), 25, cn_once == "on")
+
+
 def memory(args):
     h, w = args.sd15_latent
     print(f"\n## memory: sd15 networks, 1 job, 16 frames (one CFG-pair window of 16+1 frames), "
-          f"{8 * h}x{8 * w} px, compiled only; VAE decode_chunk {args.decode_chunk}; attention {args.attention}")
+          f"{8 * h}x{8 * w} px, compiled only; VAE decode_chunk {args.decode_chunk}; attention {args.attention}; "
+          f"XLA:CPU as a chip (common.cpu_as_chip_flags; bf16 activations in bf16)")
     print("| dtype | ControlNet once | compile s | params GiB | arguments GiB | temporaries GiB | output GiB | "
           "peak GiB |\n|---|---|---:|---:|---:|---:|---:|---:|")
     for dtype in args.dtypes:
-        cfg = models("sd15", dtype)
-        knobs = [f"{n}.attention_backend={args.attention}" for n in ("unet", "pose_controlnet", "face_controlnet")]
-        cfg = config.load(ModelsConfig, None, [f"vae.decode_chunk={args.decode_chunk}", *knobs], defaults=cfg)
-        params = abstract_params(cfg)
+        params = abstract_params(memory_config(args, dtype))
         n_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
-        for cn_once in {"both": (True, False), "on": (True,), "off": (False,)}[args.cn_once]:
-            compiled, c = compile_program(cfg, params, inputs(cfg, 16, h, w, 25, abstract=True), 25, cn_once)
-            m = common.memory(compiled)
-            print(f"| {dtype} | {'on' if cn_once else 'off'} | {c:.1f} | {n_bytes / GiB:.2f} | "
+        for cn_once in {"both": ("on", "off"), "on": ("on",), "off": ("off",)}[args.cn_once]:
+            cmd = [sys.executable, __file__, "--child-memory", dtype, cn_once, "--sd15-latent", *map(str, (h, w)),
+                   "--decode-chunk", str(args.decode_chunk), "--attention", args.attention]
+            skip = common.KEEP_BF16 if dtype == "bfloat16" else ()
+            m, c = common.compile_in_child(cmd, ".*sample_and_decode.*", f"memory {dtype} {cn_once}", 60, skip)
+            print(f"| {dtype} | {cn_once} | {c:.1f} | {n_bytes / GiB:.2f} | "
                   f"{m['argument'] / GiB:.2f} | {m['temp'] / GiB:.2f} | {m['output'] / GiB:.3f} | "
                   f"{m['peak'] / GiB:.2f} |", flush=True)
 
@@ -213,7 +230,10 @@ def main():
     ap.add_argument("--attention", choices=("blockwise", "xla", "cudnn"), default="blockwise",
                     help="memory: the UNet's and ControlNets' attention backend")
     ap.add_argument("--cn-once", choices=("both", "on", "off"), default="both", help="memory: ControlNet once")
+    ap.add_argument("--child-memory", nargs=2, help=argparse.SUPPRESS)  # memory()'s child: DTYPE on|off
     args = ap.parse_args()
+    if args.child_memory:
+        return memory_child(args)
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), {os.cpu_count()} host cores, "
           f"jax {jax.__version__}, {datetime.date.today()}")
     for name in args.sections:

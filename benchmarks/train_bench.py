@@ -18,7 +18,10 @@ Sections (``--sections``, default both):
         (the ``xla`` backend's GPU/TPU program, one einsum, f32 logits for all queries) or ``chunk1024``
         (that einsum over query chunks of 1024, each rematerialised).
         Each row compiles in a child process that is stopped once XLA has assigned its buffers
-        (``compile_in_child``); the memory is read from that assignment, the table ``memory_analysis()`` sums.
+        (``common.compile_in_child``); the memory is read from that assignment, the table
+        ``memory_analysis()`` sums, compiled under ``common.cpu_as_chip_flags``: the memory scheduler, remat's
+        barriers kept (XLA:CPU otherwise merges the recomputation back into the forward) and, for bf16,
+        bf16 activations kept in bf16 (XLA:CPU otherwise holds them in f32), as a GPU or TPU would.
 FLOPs: XLA's cost analysis of the step lowered for GPU (``lowering_platforms=("cuda",)``, not compiled).
 XLA's cost analysis counts a loop body once, so loops are counted unrolled: the dense path is one einsum,
 and the blockwise path is lowered with one block per attention for the count (its scans then run once; the
@@ -49,11 +52,8 @@ import dataclasses  # noqa: E402
 import functools  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
-import re  # noqa: E402
 import resource  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import contextlib  # noqa: E402
@@ -82,9 +82,7 @@ SD15_ROWS = ["one:512x512:adapter:off", "fsdp8:512x512:full:on", "data2fsdp4:512
 # step it was still running after 14 minutes. It only merges all-reduces into fewer, larger ones (GPU and TPU
 # compilers combine by their own byte thresholds); on the micro networks turning it off moved the temporaries
 # of fsdp=8 by 0.2 %. A one-device step has no all-reduce: no change there.
-NO_COMBINER = "cpu-all-reduce-combiner,all-reduce-combiner"
-# XLA:CPU's default scheduler orders for concurrency; GPU and TPU compilers schedule for memory, so the rows do too
-MEMORY_SCHEDULER = "CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED"
+NO_COMBINER = ("cpu-all-reduce-combiner", "all-reduce-combiner")
 TINY_ROWS = ["full:off", "full:on", "adapter:off"]
 # the networks whose attention --attention sets (the frozen VAE and CLIP do not run: the batch is pre-encoded)
 ATTENTION_NETS = ("unet", "pose_controlnet", "face_controlnet")
@@ -274,59 +272,13 @@ def sd15_setup(row: str, args, attention_name: str | None = None):
     return run, st.models_for_training(run), mesh, state, abstract_batch(run, mesh)
 
 
-def assignment_memory(path) -> dict:
-    """``common.memory``'s figures from XLA's buffer-assignment dump (``*-buffer-assignment.txt``), the table
-    ``memory_analysis()`` sums: arguments = parameter allocations, outputs = maybe-live-out allocations,
-    aliased = both, temporaries = the preallocated temp allocation (thread-local scratch is not counted)."""
-    m = dict(argument=0, output=0, temp=0, alias=0)
-    with open(path) as f:
-        for line in f:
-            if line.startswith("allocation "):
-                head = line.split(":", 1)[1]
-                size = int(re.search(r"size (\d+)", head).group(1))
-                param, live = ", parameter " in head, "maybe-live-out" in head
-                m["argument"] += size * param
-                m["output"] += size * live
-                m["alias"] += size * (param and live)
-                m["temp"] += size * ("preallocated-temp" in head)
-    m["peak"] = m["argument"] + m["output"] + m["temp"] - m["alias"]
-    return m
-
-
 def compile_in_child(row: str, args, on_start=lambda: None) -> tuple[dict, float]:
-    """(memory, seconds) of ``row``'s step compiled in a child process with XLA dumping the optimised module,
-    stopped once its buffer assignment is written. Why: XLA:CPU then builds a thunk execution graph whose
-    edge pruning grows with the cube of the number of collectives; on the sharded full-size step (thousands
-    of all-gathers and reduce-scatters) that ran past 20 minutes on this machine, and the memory figures are
-    fixed before it. A child also keeps each compile's host memory out of this process."""
-    with tempfile.TemporaryDirectory(prefix="train_bench_") as d:
-        env = dict(os.environ, XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_dump_to={d} "  # + device count
-                   f"--xla_dump_hlo_module_re=.*train_step.* --xla_disable_hlo_passes={NO_COMBINER} "
-                   f"--xla_cpu_scheduler_type={MEMORY_SCHEDULER}")
-        cmd = [sys.executable, __file__, "--child-row", row, "--dtype", args.dtype, "--sd15-models", args.sd15_models,
-               "--attention", args.attention, "--sd15-override", *args.sd15_override]
-        t0, wall0 = time.perf_counter(), time.time()
-        with open(Path(d) / "stderr.txt", "w") as err:
-            child = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
-        try:
-            on_start()  # the parent's own work (the FLOP count) overlaps the child's compile
-            while True:  # the memory-usage report is written right after the buffer assignment
-                done = list(Path(d).glob("*train_step*-memory-usage-report.txt"))
-                if done:  # its write time, not when this loop saw it (the FLOP count may have kept it busy)
-                    secs = done[0].stat().st_mtime - wall0
-                    break
-                if time.perf_counter() - t0 > 60 * args.row_timeout_min:
-                    raise TimeoutError(f"no buffer assignment within {args.row_timeout_min:g} min")
-                if child.poll() is not None:
-                    raise RuntimeError(f"{row}: the child compile exited {child.returncode} without a buffer "
-                                       f"assignment:\n{(Path(d) / 'stderr.txt').read_text()[-3000:]}")
-                time.sleep(1)
-            time.sleep(2)
-            (path,) = Path(d).glob("*train_step*cpu_after_optimizations-buffer-assignment.txt")
-            return assignment_memory(path), secs
-        finally:
-            child.kill()
-            child.wait()
+    """(memory, seconds) of ``row``'s step compiled in a child process (``common.compile_in_child``: XLA:CPU
+    flags under which its figures stand for a chip's; bf16 activations kept in bf16 for a bf16 row)."""
+    cmd = [sys.executable, __file__, "--child-row", row, "--dtype", args.dtype, "--sd15-models", args.sd15_models,
+           "--attention", args.attention, "--sd15-override", *args.sd15_override]
+    skip = NO_COMBINER + (common.KEEP_BF16 if args.dtype == "bfloat16" else ())
+    return common.compile_in_child(cmd, ".*train_step.*", row, args.row_timeout_min, skip, on_start)
 
 
 def sd15_row(row: str, args) -> dict:

@@ -55,5 +55,39 @@ def test_buffer_assignment_dump_gives_memory_analysis(tmp_path):
     x = jax.ShapeDtypeStruct((64, 256), jnp.float32, sharding=NamedSharding(mesh, P(("data", "fsdp"))))
     compiled = jax.jit(step, donate_argnums=0).lower(w, x).compile({"xla_dump_to": str(tmp_path)})
     (dump,) = tmp_path.glob("*jit_step*cpu_after_optimizations-buffer-assignment.txt")
-    parsed, ref = train_bench.assignment_memory(dump), common.memory(compiled)
+    parsed, ref = common.assignment_memory(dump), common.memory(compiled)
     assert parsed == ref and ref["alias"] > 0 and ref["temp"] > 0
+
+
+# a chain of residual blocks whose activations (4 MB each in f32) dominate the program's memory
+_CHAIN = """
+import sys, jax, jax.numpy as jnp
+dtype, remat = jnp.dtype(sys.argv[1]), sys.argv[2] == "remat"
+def block(w, x):
+    return x + jax.nn.gelu(jnp.tanh(x @ w[0]) @ w[1])
+blk = jax.checkpoint(block) if remat else block
+def loss(ws, x):
+    for w in ws:
+        x = blk(w, x)
+    return jnp.sum(x.astype(jnp.float32) ** 2)
+ws = [jax.ShapeDtypeStruct((2, 256, 256), dtype) for _ in range(12)]
+jax.jit(jax.grad(loss)).lower(ws, jax.ShapeDtypeStruct((4096, 256), dtype)).compile()
+"""
+
+
+def test_cpu_as_chip_flags_keep_remat_and_bf16():
+    """What the sd15 rows rest on (benchmarks/common.py): under ``cpu_as_chip_flags`` remat bounds XLA:CPU's
+    memory (12 remat'd blocks keep their inputs, one block's working set, not every activation), and with
+    ``KEEP_BF16`` a bf16 program's activations take half the bytes of the f32 ones XLA:CPU computes in."""
+    import common
+
+    def temp(dtype, mode, skip=()):
+        cmd = [sys.executable, "-c", _CHAIN, dtype, mode]
+        return common.compile_in_child(cmd, ".*jit_loss.*", f"{dtype} {mode}", 5, skip)[0]["temp"]
+
+    act = 4096 * 256 * 4  # one f32 activation
+    plain, remat = temp("float32", "plain"), temp("float32", "remat")
+    assert plain > 12 * 3 * act  # each block keeps its tanh, its matmul output and its input
+    assert remat < 0.5 * plain, (remat, plain)
+    f32_held, bf16_held = temp("bfloat16", "plain"), temp("bfloat16", "plain", common.KEEP_BF16)
+    assert bf16_held < 0.65 * f32_held, (bf16_held, f32_held)
