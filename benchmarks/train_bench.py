@@ -277,7 +277,7 @@ def compile_in_child(row: str, args, on_start=lambda: None) -> tuple[dict, float
     flags under which its figures stand for a chip's; bf16 activations kept in bf16 for a bf16 row)."""
     cmd = [sys.executable, __file__, "--child-row", row, "--dtype", args.dtype, "--sd15-models", args.sd15_models,
            "--attention", args.attention, "--sd15-override", *args.sd15_override]
-    skip = NO_COMBINER + (common.KEEP_BF16 if args.dtype == "bfloat16" else ())
+    skip = NO_COMBINER + (common.KEEP_BF16 if args.dtype == "bfloat16" and not args.cpu_f32_activations else ())
     return common.compile_in_child(cmd, ".*train_step.*", row, args.row_timeout_min, skip, on_start)
 
 
@@ -294,6 +294,7 @@ def sd15_row(row: str, args) -> dict:
     mesh_name, size, stage, remat = parse_row(row, SD15_FIELDS).values()
     return dict(row=row, mesh=mesh_name, size=size, stage=stage, remat=remat, devices=mesh.size,
                 batch=run.train.batch_size, attention=args.attention, compile_s=secs, state=state_bytes(state),
+                bf16_kept=args.dtype == "bfloat16" and not args.cpu_f32_activations,
                 **mem, flops=flops[0], flops_dense=flops[1])
 
 
@@ -303,13 +304,15 @@ def row_json(r: dict) -> dict:
                 state_gib=round(r["state"] / GiB, 3), tflop_per_step=round(r["flops"] / 1e12, 2),
                 attention=r["attention"], tflop_dense=round(r["flops_dense"] / 1e12, 2),
                 flops_vs_dense=round(r["flops"] / r["flops_dense"], 3), devices=r["devices"],
-                compile_s=round(r["compile_s"], 1))
+                compile_s=round(r["compile_s"], 1), xla_cpu_flags=common.cpu_as_chip_flags(),
+                bf16_activations_kept=r["bf16_kept"])
 
 
 def sd15(args, start: float) -> list[dict]:
     print(f"\n## sd15: configs/{args.sd15_models} networks, 16+1 frames, per-device batch 1, {args.dtype} compute, "
           f"float32 params and Adam moments, pre-encoded batch, {args.attention} attention (GPU/TPU path); compiled "
-          f"only, memory per device {' '.join(args.sd15_override)}")
+          f"only, memory per device from XLA:CPU as a chip ({common.cpu_as_chip_flags()}; bf16 activations "
+          f"{'in f32' if args.cpu_f32_activations else 'kept bf16'}) {' '.join(args.sd15_override)}")
     chips = " | ".join(f"fits {c}" for c in CHIPS)
     print(f"| mesh | devices × batch | image | stage | remat | s to assignment | state GiB | temp GiB | peak GiB | "
           f"× base | TFLOP/step/device | FLOPs × dense | {chips} |\n|---|---|---|---|---|---:|---:|---:|---:|---:|---:|"
@@ -359,6 +362,9 @@ def main(argv=None):
     ap.add_argument("--sd15-override", nargs="*", default=[], help="sd15: key=value for every row")
     ap.add_argument("--attention", choices=sorted(ATTENTION), default="blockwise",
                     help="sd15: the UNet's and ControlNets' attention (module doc)")
+    ap.add_argument("--cpu-f32-activations", action="store_true",
+                    help="sd15: let XLA:CPU hold bf16 activations in f32 as it computes them (the default keeps "
+                    "them bf16, as a GPU or TPU does; common.KEEP_BF16)")
     ap.add_argument("--json", help="sd15: write the rows here, one object per row (module doc)")
     ap.add_argument("--child-row", help=argparse.SUPPRESS)  # compile_in_child's child: compile one row, no output
     args = ap.parse_args(argv)

@@ -72,7 +72,9 @@ def test_no_remat_has_no_checkpoint_and_the_controlnet_takes_the_policy():
     assert _policies_in(jax.make_jaxpr(lambda: unet.init(jax.random.key(0), *unet.example_inputs()))().jaxpr) == []
     cn = ControlNet(ControlNetConfig.tiny(block_out_channels=(32,), attention_head_dim=(2,),
                                           down_block_types=("CrossAttnDownBlock2D",), remat="dots_saveable"))
-    found = _policies_in(jax.make_jaxpr(lambda: cn.init(jax.random.key(0), *cn.example_inputs(size=4)))().jaxpr)
+    inputs = cn.example_inputs(size=4)
+    params = cn.init(jax.random.key(0), *inputs)
+    found = _policies_in(jax.make_jaxpr(lambda p: cn.apply(p, *inputs))(params).jaxpr)
     assert len(found) == 2 + 3 and all(p is remat.policy("dots_saveable") for p in found)
 
 

@@ -19,11 +19,12 @@ from xdyna_jax.models import attention  # noqa: E402
 
 def test_json_row_has_the_contract_keys_in_gib_and_tflop():
     r = dict(row="fsdp8:896x512:full:on", peak=3 * 2 ** 30, temp=2 * 2 ** 30, state=2 ** 29, flops=2.5e14,
-             flops_dense=2.0e14, attention="blockwise", devices=8, compile_s=12.34)
+             flops_dense=2.0e14, attention="blockwise", devices=8, compile_s=12.34, bf16_kept=True)
     got = train_bench.row_json(r)
     assert {k: got[k] for k in ("row", "peak_gib", "temp_gib", "state_gib", "tflop_per_step")} == dict(
         row="fsdp8:896x512:full:on", peak_gib=3.0, temp_gib=2.0, state_gib=0.5, tflop_per_step=250.0)
-    assert got["flops_vs_dense"] == 1.25 and got["attention"] == "blockwise"
+    assert got["flops_vs_dense"] == 1.25 and got["attention"] == "blockwise" and got["bf16_activations_kept"]
+    assert "cse_barrier_expander" in got["xla_cpu_flags"]  # remat kept: the figures stand for a chip
 
 
 def test_attention_overrides_reach_the_unet_and_both_controlnets():

@@ -53,11 +53,67 @@ def policy(n: str):
             "offload_dots": cp.offload_dot_with_no_batch_dims("device", "pinned_host")}[n]
 
 
+def tied_checkpoint(fn, policy=None):
+    """``jax.checkpoint(fn, policy)`` whose backward pass recomputes only once the output's cotangent exists.
+
+    Why: nothing orders a checkpoint's recomputation after the cotangent it multiplies, and a scheduler may
+    run the recomputation of many blocks early or leave their weight gradients for the end of the step,
+    keeping every block's recomputed activations at once (measured on XLA:CPU's memory scheduler: at the full
+    stage's peak all top-level transformers' and motion modules' recomputations were live; benchmarks/
+    RESULTS.md). Here the residuals pass through an ``optimization_barrier`` with the cotangent, so the
+    recomputation depends on it, and the block's param and input cotangents leave through another, so the
+    weight gradients are done before the next block's recomputation starts. Values and gradients are
+    ``jax.checkpoint``'s."""
+    import jax
+
+    checkpointed = jax.checkpoint(fn, policy=policy, prevent_cse=True)
+
+    @jax.custom_vjp
+    def tied(*args):
+        return checkpointed(*args)
+
+    def forward(*args):
+        return jax.vjp(checkpointed, *args)  # (output, vjp function: a pytree of the policy's residuals)
+
+    def backward(vjp_fn, cotangent):
+        vjp_fn, cotangent = jax.lax.optimization_barrier((vjp_fn, cotangent))
+        # the param and input cotangents leave together: the weight gradients (small outputs of large
+        # recomputed inputs) are computed before the backward moves on, not left for the end of the step
+        return jax.lax.optimization_barrier(vjp_fn(cotangent))
+
+    tied.defvjp(forward, backward)
+    return tied
+
+
+def _lifted_tied_checkpoint(fn, variables=True, rngs=True, policy=None):
+    """flax.core's lifted form of ``tied_checkpoint``: the module's variables and rngs travel as arguments
+    (``lift.pack``), as ``nn.remat`` does, so the param tree is the same as without remat."""
+    from flax.core import lift
+
+    def inner(scope_fn, repack_fn, variable_groups, rng_groups, *args):
+        def pure(variable_groups, rng_groups, *args):
+            scope = scope_fn(variable_groups, rng_groups)
+            return fn(scope, *args), repack_fn(scope)
+
+        if any(_initializing(g) for g in variable_groups):  # init creates params: no gradient to take
+            return pure(variable_groups, rng_groups, *args)
+        return tied_checkpoint(pure, policy)(variable_groups, rng_groups, *args)
+
+    return lift.pack(inner, (variables,), (variables,), (rngs,), name="remat")
+
+
+def _initializing(group) -> bool:
+    import jax
+
+    return not jax.tree.leaves(group)
+
+
 def wrap(cls, value):
-    """``cls`` checkpointed by the policy of ``value`` (``cls`` itself for none)."""
+    """``cls`` checkpointed by the policy of ``value`` (``cls`` itself for none), its recomputation tied to
+    the output's cotangent (``tied_checkpoint``)."""
     n = name(value)
     if n == "none":
         return cls
-    import flax.linen as nn
+    from flax.linen import transforms
 
-    return nn.remat(cls, policy=policy(n))
+    return transforms.lift_transform(_lifted_tied_checkpoint, cls, policy=policy(n))
