@@ -93,11 +93,59 @@ def test_booleans_and_aliases_parse(given, stored):
     assert remat.name(given) == remat.name(stored)
 
 
+def _has_custom_vjp(jaxpr) -> bool:
+    for eqn in jaxpr.eqns:
+        if "custom_vjp" in eqn.primitive.name:
+            return True
+        for v in eqn.params.values():
+            inner = getattr(v, "jaxpr", v)
+            if hasattr(inner, "eqns") and _has_custom_vjp(inner):
+                return True
+    return False
+
+
+def test_untied_remat_is_plain_checkpoint_with_the_same_gradients(unet_case):
+    """``remat_tie=false`` is nn.remat as it comes (no custom VJP around the blocks); both give the no-remat
+    gradients (the tied path is covered by the policy test above, which runs the default)."""
+    params, _, (ref_loss, ref_grads) = unet_case
+    x, ctx, t = (jax.random.normal(jax.random.key(1), (1, 3, 8, 8, 4)),
+                 jax.random.normal(jax.random.key(2), (1, 77 + 4, 48)), jnp.array([500.0]))
+
+    def loss(tie):
+        model = UNet3D(UNet3DConfig.tiny(**ONE_LEVEL, remat="blocks", remat_tie=tie))
+        return lambda p: jnp.mean(model.apply({"params": p}, x, t, ctx) ** 2)
+
+    assert _has_custom_vjp(jax.make_jaxpr(loss(True))(params).jaxpr)
+    assert not _has_custom_vjp(jax.make_jaxpr(loss(False))(params).jaxpr)
+    value, grads = jax.jit(jax.value_and_grad(loss(False)))(params)
+    np.testing.assert_allclose(float(value), float(ref_loss), rtol=1e-6, atol=1e-6)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-6, atol=1e-6)
+
+
+def test_tied_checkpoint_orders_the_recomputation_after_the_cotangent():
+    """The backward of ``tied_checkpoint``: the residuals and the cotangent go through one barrier before the
+    recomputation, and the gradients leave through another; values are jax.checkpoint's."""
+    def f(w, x):
+        return jnp.tanh(x @ w) @ w.T
+
+    w, x = jax.random.normal(jax.random.key(0), (8, 8)), jax.random.normal(jax.random.key(1), (4, 8))
+    tied = remat.tied_checkpoint(f)
+    loss = lambda fn: lambda w, x: jnp.sum(fn(w, x) ** 2)  # noqa: E731
+    got, ref = jax.grad(loss(tied), (0, 1))(w, x), jax.grad(loss(f), (0, 1))(w, x)
+    for g, r in zip(got, ref):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-6, atol=1e-6)
+    text = jax.jit(jax.grad(loss(tied))).lower(w, x).as_text()
+    assert text.count("optimization_barrier") >= 3  # checkpoint's own + the tie's two
+
+
 def test_train_remat_reaches_every_denoiser():
     run = train_config.load(CONFIGS / "train_tiny.yaml", ["train.remat=dots_with_no_batch_dims_saveable",
-                                                          "models.unet.remat=blocks"])
+                                                          "models.unet.remat=blocks", "train.remat_tie=false"])
     m = models_for_training(run)
     assert {m.unet.remat, m.pose_controlnet.remat, m.face_controlnet.remat} == {"dots_with_no_batch_dims_saveable"}
+    assert {m.unet.remat_tie, m.pose_controlnet.remat_tie, m.face_controlnet.remat_tie} == {False}
+    assert models_for_training(train_config.load(CONFIGS / "train_tiny.yaml", [])).unet.remat_tie is True
 
 
 def test_bad_name_is_refused_naming_the_field():

@@ -41,11 +41,12 @@ class BlockSpec:
     motion: MotionConfig = MotionConfig()
     backend: str = "xla"
     remat: bool | str = False  # a models/remat.py policy
+    remat_tie: bool = True  # models/remat.py tied_checkpoint (False: plain nn.remat)
     query_chunk: int = 0
 
 
 def _remat(cls, spec: BlockSpec):
-    return remat_lib.wrap(cls, spec.remat)
+    return remat_lib.wrap(cls, spec.remat, spec.remat_tie)
 
 
 # The residual stream between blocks, (B, F, H, W, C): batch over the data-parallel axes, channels whole

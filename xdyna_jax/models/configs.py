@@ -128,6 +128,9 @@ class UNet3DConfig:
     # gradient checkpointing per resnet / transformer / motion module: a policy name of models/remat.py
     # (none, blocks, dots_saveable, ...; true/on = blocks, false/off = none), stored as remat.config_value
     remat: bool | str = False
+    # true: each checkpointed block recomputes after its output's cotangent and hands back its weight gradients
+    # before the backward moves on (models/remat.py tied_checkpoint); false: plain nn.remat, ordered by XLA
+    remat_tie: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "remat", remat_lib.config_value(self.remat))
@@ -219,6 +222,7 @@ class ControlNetConfig:
     attention_backend: AttentionBackend = "xla"
     attention_query_chunk: int = 0  # > 0: xla attention over query chunks (bounded memory); blockwise: its query block
     remat: bool | str = False  # as UNet3DConfig.remat
+    remat_tie: bool = True  # as UNet3DConfig.remat_tie
 
     def __post_init__(self):
         object.__setattr__(self, "remat", remat_lib.config_value(self.remat))

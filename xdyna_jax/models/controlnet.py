@@ -69,6 +69,7 @@ class ControlNet(nn.Module):
         common = dict(groups=cfg.norm_num_groups, eps=cfg.norm_eps, inflated_gn=True,
                       time_scale_shift=cfg.resnet_time_scale_shift,
                       linear_projection=cfg.use_linear_projection, backend=cfg.attention_backend, remat=cfg.remat,
+                      remat_tie=cfg.remat_tie,
                       query_chunk=cfg.attention_query_chunk)
         skips = [h]
         nblocks = len(cfg.block_out_channels)

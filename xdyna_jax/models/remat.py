@@ -108,12 +108,16 @@ def _initializing(group) -> bool:
     return not jax.tree.leaves(group)
 
 
-def wrap(cls, value):
-    """``cls`` checkpointed by the policy of ``value`` (``cls`` itself for none), its recomputation tied to
-    the output's cotangent (``tied_checkpoint``)."""
+def wrap(cls, value, tie: bool = True):
+    """``cls`` checkpointed by the policy of ``value`` (``cls`` itself for none); ``tie``: its recomputation
+    and weight gradients ordered by the output's cotangent (``tied_checkpoint``), else plain ``nn.remat``
+    (the scheduler orders them: on a chip it may overlap more, at the memory cost measured in RESULTS.md)."""
     n = name(value)
     if n == "none":
         return cls
+    import flax.linen as nn
     from flax.linen import transforms
 
+    if not tie:
+        return nn.remat(cls, policy=policy(n))
     return transforms.lift_transform(_lifted_tied_checkpoint, cls, policy=policy(n))

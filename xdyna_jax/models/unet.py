@@ -28,7 +28,7 @@ def _block_specs(cfg: UNet3DConfig):
                   time_scale_shift=cfg.resnet_time_scale_shift, attn1_mode=cfg.unet_use_cross_frame_attention,
                   num_ip_tokens=cfg.num_ip_tokens if cfg.unet_use_ipadapter else 0,
                   linear_projection=cfg.use_linear_projection, motion=cfg.motion_module_kwargs,
-                  backend=cfg.attention_backend, remat=cfg.remat,
+                  backend=cfg.attention_backend, remat=cfg.remat, remat_tie=cfg.remat_tie,
                   query_chunk=cfg.attention_query_chunk)
     n = len(cfg.block_out_channels)
     down = []

@@ -24,7 +24,8 @@ from xdyna_jax import config as config_lib
 
 from .io import PortingError, read_raw, unwrap
 
-COMPUTE = {"dtype", "param_dtype", "attention_backend", "attention_query_chunk", "remat", "decode_chunk"}
+COMPUTE = {"dtype", "param_dtype", "attention_backend", "attention_query_chunk", "remat", "remat_tie",
+           "decode_chunk"}
 # UNet fields that come from x_dyna.yaml, not from SD1.5's unet/config.json
 XDYNA_FIELDS = ("unet_use_cross_frame_attention", "unet_use_ipadapter", "use_motion_module",
                 "motion_module_resolutions", "motion_module_mid_block", "motion_module_decoder_only",

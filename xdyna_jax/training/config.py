@@ -52,6 +52,9 @@ class TrainConfig:
     # xdyna_jax/models/remat.py, none, blocks, nothing_saveable, dots_saveable, dots_with_no_batch_dims_saveable or
     # offload_dots; true/on = blocks, false/off = none. Stored as remat.config_value (False, True or the name)
     remat: bool | str = False
+    # with remat: order each block's recomputation and weight gradients by its output's cotangent (replaces
+    # models.*.remat_tie; models/remat.py tied_checkpoint). false = plain nn.remat
+    remat_tie: bool = True
     seed: int = 0
     save_every: int = 100
     max_to_keep: int = 3

@@ -148,9 +148,9 @@ def with_checkpointed(state: TrainState, saved: dict) -> TrainState:
 
 def models_for_training(run) -> Any:
     """The ModelsConfig the step runs: compute dtype and remat policy from ``train.*`` (params stay float32).
-    ``train.remat`` replaces the networks' own ``remat`` (UNet and ControlNets alike; models/remat.py)."""
+    ``train.remat`` / ``train.remat_tie`` replace the networks' own (UNet and ControlNets alike; models/remat.py)."""
     t, m = run.train, run.models
-    kw = dict(dtype=t.compute_dtype, remat=t.remat)
+    kw = dict(dtype=t.compute_dtype, remat=t.remat, remat_tie=t.remat_tie)
     face = None if m.face_controlnet is None else dataclasses.replace(m.face_controlnet, **kw)
     return dataclasses.replace(m, unet=dataclasses.replace(m.unet, **kw),
                                pose_controlnet=dataclasses.replace(m.pose_controlnet, **kw), face_controlnet=face)
