@@ -137,6 +137,10 @@ def test_tied_checkpoint_orders_the_recomputation_after_the_cotangent():
         np.testing.assert_allclose(np.asarray(g), np.asarray(r), rtol=1e-6, atol=1e-6)
     text = jax.jit(jax.grad(loss(tied))).lower(w, x).as_text()
     assert text.count("optimization_barrier") >= 3  # checkpoint's own + the tie's two
+    # only the differentiated inputs get cotangents: w held fixed (a frozen block) costs no weight gradient
+    dots = lambda argnums: jax.jit(jax.grad(loss(tied), argnums)).lower(w, x).as_text().count("dot_general")  # noqa
+    assert dots(1) < dots((0, 1))
+    np.testing.assert_allclose(np.asarray(jax.grad(loss(tied), 1)(w, x)), np.asarray(ref[1]), rtol=1e-6, atol=1e-6)
 
 
 def test_train_remat_reaches_every_denoiser():

@@ -62,9 +62,12 @@ def tied_checkpoint(fn, policy=None):
     stage's peak all top-level transformers' and motion modules' recomputations were live; benchmarks/
     RESULTS.md). Here the residuals pass through an ``optimization_barrier`` with the cotangent, so the
     recomputation depends on it, and the block's param and input cotangents leave through another, so the
-    weight gradients are done before the next block's recomputation starts. Values and gradients are
-    ``jax.checkpoint``'s."""
+    weight gradients are done before the next block's recomputation starts. Only the inputs being
+    differentiated get cotangents (``symbolic_zeros``): a frozen block's weight gradients are never computed.
+    Values and gradients are ``jax.checkpoint``'s."""
     import jax
+    import jax.numpy as jnp
+    from jax.custom_derivatives import SymbolicZero
 
     checkpointed = jax.checkpoint(fn, policy=policy, prevent_cse=True)
 
@@ -72,17 +75,36 @@ def tied_checkpoint(fn, policy=None):
     def tied(*args):
         return checkpointed(*args)
 
-    def forward(*args):
-        return jax.vjp(checkpointed, *args)  # (output, vjp function: a pytree of the policy's residuals)
+    def forward(*primals):
+        leaves, tree = jax.tree.flatten(primals)
+        values, perturbed = [p.value for p in leaves], tuple(p.perturbed for p in leaves)
 
-    def backward(vjp_fn, cotangent):
-        vjp_fn, cotangent = jax.lax.optimization_barrier((vjp_fn, cotangent))
-        # the param and input cotangents leave together: the weight gradients (small outputs of large
-        # recomputed inputs) are computed before the backward moves on, not left for the end of the step
-        return jax.lax.optimization_barrier(vjp_fn(cotangent))
+        def of_perturbed(*diff):
+            it = iter(diff)
+            return checkpointed(*jax.tree.unflatten(tree, [next(it) if d else v for v, d in zip(values, perturbed)]))
 
-    tied.defvjp(forward, backward)
+        out, vjp_fn = jax.vjp(of_perturbed, *(v for v, d in zip(values, perturbed) if d))
+        # the flags and the tree travel as the static part of a Partial (residuals must be a pytree of arrays)
+        return out, jax.tree_util.Partial(functools.partial(_cotangents, tree, perturbed), vjp_fn)
+
+    def backward(residuals, cotangent):
+        cotangent = jax.tree.map(lambda c: jnp.zeros(c.shape, c.dtype) if isinstance(c, SymbolicZero) else c,
+                                 cotangent, is_leaf=lambda c: isinstance(c, SymbolicZero))
+        residuals, cotangent = jax.lax.optimization_barrier((residuals, cotangent))
+        return residuals(cotangent)
+
+    tied.defvjp(forward, backward, symbolic_zeros=True)
     return tied
+
+
+def _cotangents(tree, perturbed, vjp_fn, cotangent):
+    """The cotangents of every input of ``tied_checkpoint`` (None where not differentiated); the computed ones
+    leave together through a barrier: the weight gradients (small outputs of large recomputed inputs) are
+    done before the backward moves on, not left for the end of the step."""
+    import jax
+
+    it = iter(jax.lax.optimization_barrier(vjp_fn(cotangent)))
+    return tuple(jax.tree.unflatten(tree, [next(it) if d else None for d in perturbed]))
 
 
 def _lifted_tied_checkpoint(fn, variables=True, rngs=True, policy=None):
