@@ -447,7 +447,12 @@ def test_geglu_value_then_gate():
 # ----------------------------------------------------------------------------------------------
 # UNet3D: ControlNet residual injection and frame dependencies
 
-TINY = UNet3DConfig.tiny()  # mixed_cross + IP (4 tokens) + motion modules with cross_id, pooled GN
+# mixed_cross + IP (4 tokens) + motion modules with cross_id, pooled GN. Two resolution levels (a cross-attention
+# down block, a plain one, the mid block, their up blocks): every layer kind and skip kind (conv_in, down layer,
+# downsampler) while the properties below do not depend on depth; eager calls of the 4-level tiny UNet took minutes.
+TINY = UNet3DConfig.tiny(block_out_channels=(32, 64), attention_head_dim=(2, 2),
+                         down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
+                         up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"))
 UB, UF, US, TEXT = 2, 4, 16, 6
 
 
@@ -571,7 +576,7 @@ def test_unet_reference_frame_isolated_except_pooled_groupnorm():
     """Spec section 11: with mixed_cross + motion cross_id and per-frame (inflated) GroupNorm, frame 0's
     output is independent of frames >= 1 (and of zero-padded ControlNet residuals); frames >= 1 depend
     on frame 0. With X-Dyna's pooled GroupNorm, frame 0 does depend on the other frames."""
-    cfg = UNet3DConfig.tiny(use_inflated_groupnorm=True)
+    cfg = dataclass_replace(TINY, use_inflated_groupnorm=True)
     assert cfg.unet_use_cross_frame_attention == "mixed_cross" and cfg.motion_module_kwargs.cross_id
     _, params, fn = _unet(cfg)
     sample, t, ctx = _unet_inputs(cfg, 7)
