@@ -14,12 +14,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_processes_match_the_unsharded_forward():
+def test_two_processes_match_the_unsharded_forward(tmp_path):
+    import multihost_worker
+
+    ref = tmp_path / "ref.npy"
+    multihost_worker.reference(ref)  # the unsharded forward, compiled once here rather than in each process
     port = str(_free_port())
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["PYTHONPATH"] = os.pathsep.join([str(WORKER.parents[1]), env.get("PYTHONPATH", "")])
-    procs = [subprocess.Popen([sys.executable, str(WORKER), str(i), port], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, str(WORKER), str(i), port, str(ref)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outs = []
     for p in procs:
         try:
