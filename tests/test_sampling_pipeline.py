@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from helpers import MICRO_NETS
 from xdyna_jax import config as config_lib
 from xdyna_jax import sharding
 from xdyna_jax.models import logical_axes, param_shapes, xdyna
@@ -63,7 +64,10 @@ EPS_SCALE = 0.01
 
 @pytest.fixture(scope="module")
 def models():
-    return config_lib.load(xdyna.ModelsConfig, ROOT / "configs" / "tiny.yaml", overrides=GROUPS)
+    # the two-level networks of helpers.MICRO_NETS: the sampler's loop, not the networks' depth, is under test
+    # here, and each sampler program (one per setting below) compiled for minutes with tiny.yaml's four levels
+    micro = [f"{k}={v}" for k, v in MICRO_NETS.items()]
+    return config_lib.load(xdyna.ModelsConfig, ROOT / "configs" / "tiny.yaml", overrides=[*micro, *GROUPS])
 
 
 @pytest.fixture(scope="module")
