@@ -449,7 +449,8 @@ def test_geglu_value_then_gate():
 
 # mixed_cross + IP (4 tokens) + motion modules with cross_id, pooled GN. Two resolution levels (a cross-attention
 # down block, a plain one, the mid block, their up blocks): every layer kind and skip kind (conv_in, down layer,
-# downsampler) while the properties below do not depend on depth; eager calls of the 4-level tiny UNet took minutes.
+# downsampler) while the properties below do not depend on depth (the 4-level tiny UNet's eager calls took most
+# of this file's time).
 TINY = UNet3DConfig.tiny(block_out_channels=(32, 64), attention_head_dim=(2, 2),
                          down_block_types=("CrossAttnDownBlock3D", "DownBlock3D"),
                          up_block_types=("UpBlock3D", "CrossAttnUpBlock3D"))
