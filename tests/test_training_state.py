@@ -22,6 +22,19 @@ def shapes():
     return xdyna.param_shapes(tiny_models_config())
 
 
+@functools.lru_cache(maxsize=None)
+def _init_part(name):
+    """The tiny models' own init of network ``name`` (key 0) as numpy, made once: each ``xdyna.init_params`` call
+    jits its init programs anew. A part's key is fold_in(key, its index): the values do not depend on the
+    other parts asked for."""
+    return jax.tree.map(np.asarray, xdyna.init_params(tiny_models_config(), jax.random.key(0), parts=[name])[name])
+
+
+def _init(*parts):
+    """``xdyna.init_params(tiny, key(0), parts=parts)`` as numpy, a fresh copy (the tests edit their trees)."""
+    return {name: jax.tree.map(np.array, _init_part(name)) for name in parts}
+
+
 def _paths(tree):
     return set(flatten_dict(tree, sep="/"))
 
@@ -129,8 +142,7 @@ def test_he_init_rescales_kernels_to_he_std():
     """train.he_init: kernels of the named networks reach He's std sqrt(2 / fan_in) (an independent formula),
     exactly sqrt(6) x the models' own init; biases, norms and other networks untouched; wired into
     loop.initial_params."""
-    cfg = tiny_models_config()
-    plain = jax.tree.map(np.asarray, xdyna.init_params(cfg, jax.random.key(0), parts=["vae", "resampler"]))
+    plain = _init("vae", "resampler")
     plain["unet"] = {"zero_conv": {"kernel": np.zeros((3, 3, 4, 4), np.float32)}}
     scaled = st.he_scale(plain, ("vae", "unet"))
     k = np.asarray(scaled["vae"]["decoder"]["up_blocks_0"]["resnets_0"]["conv1"]["kernel"])  # (3, 3, c, c)
@@ -164,7 +176,7 @@ def test_he_init_errors(overrides, expect):
 def test_vae_logvar_init_sets_the_posterior_bias():
     """train.vae_logvar_init: the encoder's posterior log-variance starts at the value (checked through encode)."""
     cfg = tiny_models_config()
-    params = jax.tree.map(np.asarray, xdyna.init_params(cfg, jax.random.key(0), parts=["vae"]))
+    params = _init("vae")
     params["vae"]["quant_conv"]["kernel"] = np.zeros_like(params["vae"]["quant_conv"]["kernel"])  # bias only
     got = st.with_vae_logvar_bias(params, -6.0)
     from xdyna_jax.models.vae import AutoencoderKL
@@ -186,7 +198,7 @@ def test_vae_perceptual_term_is_the_packages_lpips():
     from xdyna_jax.training import objective
 
     cfg = tiny_models_config()
-    params = jax.tree.map(np.asarray, xdyna.init_params(cfg, jax.random.key(0), parts=["vae"]))
+    params = _init("vae")
     x = np.random.default_rng(0).uniform(-1, 1, (1, 2, 32, 32, 3)).astype(np.float32)
     rng = jax.random.key(3)
     # every program jitted (op by op, the VAE and AlexNet take minutes): the loss without and with the term
@@ -217,8 +229,7 @@ def _denoiser_inputs(b: int, size: int, seed: int):
     """Tiny models, the params the denoiser loss reads besides the (patched) denoiser, and a batch of ``b``
     stored VAE moments (``size`` x ``size`` latents, variance e^-30: the latents are the means)."""
     cfg = tiny_models_config()
-    params = jax.tree.map(np.asarray, xdyna.init_params(cfg, jax.random.key(0),
-                                                        parts=["text_encoder", "resampler", "image_encoder"]))
+    params = _init("text_encoder", "resampler", "image_encoder")
     lat, rs = cfg.vae.latent_channels, np.random.default_rng(seed)
     shape = (b, 2, size, size, lat)
     batch = {"vae_moments": np.concatenate([rs.normal(size=shape), np.full(shape, -30.0)], -1).astype(np.float32),
@@ -286,8 +297,11 @@ def test_max_timestep_bounds_the_drawn_timesteps(monkeypatch):
 
     cfg, params, batch = _denoiser_inputs(b=64, size=2, seed=2)
     b = 64
-    ts = lambda m: np.concatenate([np.asarray(objective.diffusion_inputs(  # noqa: E731
-        params, batch, jax.random.key(k), cfg=cfg, image_dropout=0.0, max_timestep=m)["t"]) for k in range(4)])
+    # jitted, only "t" returned: XLA drops the text encoder and resampler, which eager calls ran every time
+    draw_t = jax.jit(lambda p, bt, k, m: objective.diffusion_inputs(p, bt, k, cfg=cfg, image_dropout=0.0,
+                                                                    max_timestep=m)["t"], static_argnums=3)
+    ts = lambda m: np.concatenate([np.asarray(draw_t(params, batch, jax.random.key(k), m))  # noqa: E731
+                                   for k in range(4)])
     assert ts(1).tolist() == [0] * 4 * b
     low, full = ts(50), ts(1000)
     assert low.min() >= 0 and low.max() == 49 and len(set(low.tolist())) > 40  # the whole range is drawn
@@ -298,9 +312,11 @@ def test_max_timestep_bounds_the_drawn_timesteps(monkeypatch):
     run = train_config.load(CONFIGS / "train_tiny.yaml", ["train.max_timestep=1", "train.snr_gamma=5",
                                                           "train.image_dropout=0"])
     snr0 = (1 - 0.00085) / 0.00085
-    d = objective.diffusion_inputs(params, batch, jax.random.key(3), cfg=cfg, image_dropout=0.0, max_timestep=1)
+    # 6 samples, as in the tests above: the eager resampler reuses the programs of its ops (64 compiled them anew)
+    six = {k: v[:6] for k, v in batch.items()}
+    d = objective.diffusion_inputs(params, six, jax.random.key(3), cfg=cfg, image_dropout=0.0, max_timestep=1)
     want = 5.0 / snr0 * float(np.mean(np.square(np.asarray(d["noise"], np.float64))))
-    got = float(objective.loss(params, batch, jax.random.key(3), cfg=cfg, train=run.train))
+    got = float(objective.loss(params, six, jax.random.key(3), cfg=cfg, train=run.train))
     assert abs(got - want) < 1e-4 * want
     for bad, expect in [("train.max_timestep=0", "max_timestep=0"), ("train.max_timestep=1001", "max_timestep=1001"),
                         ("train.stage=vae", "stage=vae")]:
