@@ -109,27 +109,34 @@ def _random_params(model, seed=0):
     return jax.tree.map(lambda s: (0.2 * rng.standard_normal(s.shape)).astype(np.float32), param_shapes(model))
 
 
-def test_unet_backends_chunking_and_remat_agree():
+def _out_and_grad(cfg, params, x, ctx):
+    def f(p):
+        out = UNet3D(cfg).apply({"params": p}, x, 500.0, ctx)
+        return jnp.mean(out ** 2), out
+    (_, out), g = jax.jit(jax.value_and_grad(f, has_aux=True))(params)
+    return out, g
+
+
+@pytest.fixture(scope="module")
+def small_f32():
+    """SMALL's params, inputs, float32 forward and gradient: one program, shared by the tests below (the dtype
+    cases compare with its forward)."""
+    params = _random_params(UNet3D(SMALL))
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((1, 3, 8, 8, 4)).astype(np.float32)
+    ctx = rng.standard_normal((1, 77 + SMALL.num_ip_tokens, SMALL.cross_attention_dim)).astype(np.float32)
+    return (params, x, ctx, *_out_and_grad(SMALL, params, x, ctx))
+
+
+def test_unet_backends_chunking_and_remat_agree(small_f32):
     """cudnn (XLA's dot_product_attention off GPU): the same forward. Query chunks and remat together: the same
     forward and the same gradient (one program each way: a compile of the UNet's gradient dominates this test)."""
     base = SMALL
-    params = _random_params(UNet3D(base))
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((1, 3, 8, 8, 4)).astype(np.float32)
-    ctx = rng.standard_normal((1, 77 + base.num_ip_tokens, base.cross_attention_dim)).astype(np.float32)
-
-    def out_and_grad(cfg):
-        def f(p):
-            out = UNet3D(cfg).apply({"params": p}, x, 500.0, ctx)
-            return jnp.mean(out ** 2), out
-        (_, out), g = jax.jit(jax.value_and_grad(f, has_aux=True))(params)
-        return out, g
-
-    ref, ref_grad = out_and_grad(base)
+    params, x, ctx, ref, ref_grad = small_f32
     cudnn = jax.jit(UNet3D(dataclasses.replace(base, attention_backend="cudnn")).apply)({"params": params}, x, 500.0,
                                                                                          ctx)
     np.testing.assert_allclose(cudnn, ref, atol=2e-5, rtol=0)
-    out, grad = out_and_grad(dataclasses.replace(base, attention_query_chunk=24, remat=True))
+    out, grad = _out_and_grad(dataclasses.replace(base, attention_query_chunk=24, remat=True), params, x, ctx)
     np.testing.assert_allclose(out, ref, atol=2e-5, rtol=0)
     diff = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), grad, ref_grad)
     assert max(jax.tree.leaves(diff)) < 1e-5
@@ -137,17 +144,13 @@ def test_unet_backends_chunking_and_remat_agree():
 
 @pytest.mark.parametrize("dtype, param_dtype, tol", [("bfloat16", "float32", 0.1), ("bfloat16", "bfloat16", 0.1),
                                                       ("float16", "float16", 0.03)])
-def test_low_precision_compute_stays_close_to_float32(dtype, param_dtype, tol):
+def test_low_precision_compute_stays_close_to_float32(small_f32, dtype, param_dtype, tol):
     """The dtype plumbing: half-precision compute runs end to end, returns its dtype, and stays near the
     float32 result (which the parity tests tie to the official model); norms and softmax stay float32."""
-    cfg = SMALL
-    params = _random_params(UNet3D(cfg))
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal((1, 3, 8, 8, 4)).astype(np.float32)
-    ctx = rng.standard_normal((1, 77 + cfg.num_ip_tokens, cfg.cross_attention_dim)).astype(np.float32)
-    ref = UNet3D(cfg).apply({"params": params}, x, 500.0, ctx)
-    low = dataclasses.replace(cfg, dtype=dtype, param_dtype=param_dtype)
-    out = UNet3D(low).apply({"params": jax.tree.map(lambda a: a.astype(param_dtype), params)}, x, 500.0, ctx)
+    params, x, ctx, ref, _ = small_f32
+    low = dataclasses.replace(SMALL, dtype=dtype, param_dtype=param_dtype)
+    # jitted: one compile of the forward is much cheaper than eager dispatch of each of its ops
+    out = jax.jit(UNet3D(low).apply)({"params": jax.tree.map(lambda a: a.astype(param_dtype), params)}, x, 500.0, ctx)
     assert out.dtype == jnp.dtype(dtype)
     err = float(jnp.max(jnp.abs(out.astype(jnp.float32) - ref)))
     assert err < tol * float(jnp.max(jnp.abs(ref))), err
