@@ -26,7 +26,7 @@ def fake_cpu_devices(n: int = 8) -> bool:
 
 
 # XLA:CPU's memory analysis stands for a GPU's or TPU's only with three of its defaults changed (measured
-# 2026-12-07, RESULTS.md "What XLA:CPU's analysis measured"):
+# 2026-12-07, RESULTS.md "What XLA:CPU's memory analysis measured"):
 #  - its default scheduler orders for concurrency; GPU and TPU compilers schedule for memory;
 #  - early in its pipeline it expands the optimization barriers that jax.checkpoint places on a block's
 #    recomputation (pass cse_barrier_expander), and a later CSE merges the recomputation back into the

@@ -117,7 +117,9 @@ def _lifted_tied_checkpoint(fn, variables=True, rngs=True, policy=None):
             scope = scope_fn(variable_groups, rng_groups)
             return fn(scope, *args), repack_fn(scope)
 
-        if any(_initializing(g) for g in variable_groups):  # init creates params: no gradient to take
+        # no variables yet: init is creating them (no gradient to take); a block without params lands here
+        # too and simply runs unwrapped, which changes no value
+        if any(_initializing(g) for g in variable_groups):
             return pure(variable_groups, rng_groups, *args)
         return tied_checkpoint(pure, policy)(variable_groups, rng_groups, *args)
 
