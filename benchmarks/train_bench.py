@@ -371,16 +371,16 @@ def main(argv=None):
     rows = [(r, TINY_FIELDS) for r in args.tiny] if "tiny" in args.sections else []
     if args.child_row or "sd15" in args.sections:
         rows += [(r, SD15_FIELDS) for r in ([args.child_row] if args.child_row else args.sd15)]
+    for row, fields in rows:  # a bad row fails here, before --json is touched and, before minutes of compiles
+        try:
+            parse_row(row, fields)
+        except ValueError as e:
+            ap.error(str(e))
     if args.json:  # an unwritable --json fails here, not after the compiles
         try:
             Path(args.json).write_text("[]\n")
         except OSError as e:
             ap.error(f"--json {args.json}: cannot write ({e.strerror})")
-    for row, fields in rows:  # a bad row fails here, before minutes of compiles
-        try:
-            parse_row(row, fields)
-        except ValueError as e:
-            ap.error(str(e))
     if args.child_row:
         run, models, mesh, state, batch = sd15_setup(args.child_row, args)
         compile_once(run, models, mesh, state, batch)
