@@ -40,7 +40,8 @@ def reference(path):
 
 
 def main(process_id, port, ref_path):
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    # four devices, the session's other XLA flags kept (helpers.cpu_env(None) leaves the count out)
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=4 {os.environ.get('XLA_FLAGS', '')}".strip()
     os.environ["JAX_PLATFORMS"] = "cpu"
 
     import jax

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from helpers import cpu_env
+
 WORKER = Path(__file__).with_name("multihost_worker.py")
 
 
@@ -20,7 +22,7 @@ def test_two_processes_match_the_unsharded_forward(tmp_path):
     ref = tmp_path / "ref.npy"
     multihost_worker.reference(ref)  # the unsharded forward, compiled once here rather than in each process
     port = str(_free_port())
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = cpu_env(None)  # the worker sets its device count
     env["PYTHONPATH"] = os.pathsep.join([str(WORKER.parents[1]), env.get("PYTHONPATH", "")])
     procs = [subprocess.Popen([sys.executable, str(WORKER), str(i), port, str(ref)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from helpers import CONFIGS, REPO_ROOT
+from helpers import CONFIGS, REPO_ROOT, cpu_env
 from xdyna_jax.world import generator as world
 from xdyna_jax.world.source import synthetic_batch
 
@@ -109,7 +109,7 @@ def test_the_recipe_first_stage_runs_shortened_and_is_skipped_when_re_run(tmp_pa
              "models.vae.block_out_channels=[16,16,16,16]"]
     cmd = [sys.executable, "-m", "xdyna_jax.world.recipe", "--workdir", str(tmp_path / "runs"),
            "--stages", "vae"] + [a for o in short for a in ("--vae", o)]
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as `make tiny-world` runs
+    env = cpu_env(1)  # one CPU device, as `make tiny-world` runs
     env["PYTHONPATH"] = str(REPO_ROOT)
     first = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=300)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-2000:]

@@ -2,7 +2,6 @@
 final checkpoint's params, SIGTERM saves and exits 0 (the default run: test_training_cli_default.py)."""
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -10,10 +9,10 @@ import time
 
 import numpy as np
 
-from helpers import MICRO_TRAIN, REPO_ROOT, records
+from helpers import MICRO_TRAIN, REPO_ROOT, cpu_env, records
 
 # one device, the same flags as a user's run; the compile cache is the user's (shared across test sessions)
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+ENV = cpu_env(1)
 SMALL = [*MICRO_TRAIN, "train.batch_size=2"]  # the micro networks (helpers.py): a short compile
 
 

@@ -3,16 +3,15 @@ length). A file of its own: it compiles the tiny networks' full-stage step (minu
 --dist loadfile can run it beside test_training_cli.py's other subprocess runs instead of after them."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import numpy as np
 
-from helpers import REPO_ROOT, records
+from helpers import REPO_ROOT, cpu_env, records
 
 # one device, the same flags as a user's run (as test_training_cli.py)
-ENV = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+ENV = cpu_env(1)
 
 
 def test_default_run_loss_falls(tmp_path):

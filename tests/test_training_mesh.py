@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax.traverse_util import flatten_dict
 
-from helpers import CONFIGS, MICRO_TRAIN, records
+from helpers import CONFIGS, MICRO_TRAIN, cpu_env, records
 from xdyna_jax.sharding import make_mesh
 from xdyna_jax.training import checkpoint, loop, objective
 from xdyna_jax.world.source import SyntheticSource, make_source
@@ -180,7 +180,7 @@ def test_two_processes_train_save_and_resume(runs, tmp_path):
 
     worker = Path(__file__).with_name("multihost_train_worker.py")
     workdir = tmp_path / "mh"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    env = {**cpu_env(4),
            "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{_free_port()}", "JAX_NUM_PROCESSES": "2"}
     cmd = [sys.executable, str(worker), str(workdir), *COMMON, *EIGHT]
     procs = [subprocess.Popen(cmd, env={**env, "JAX_PROCESS_ID": str(i)}, stdout=subprocess.PIPE,

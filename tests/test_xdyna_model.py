@@ -145,17 +145,24 @@ def test_models_config_names_networks_that_do_not_fit():
 
 @needs8
 def test_init_params_sharded_from_birth_tiny_values():
+    """The leafwise init (models/leafwise_init.py) against each network's ``module.init`` as one jitted program:
+    the same values (to an ulp: the one program may contract a multiply-add), on the same shardings."""
     mesh = make_mesh(MeshConfig(data=2, fsdp=4))
     key = jax.random.key(7)
-    parts = ("resampler", "vae")  # small inits: the tiny UNet's init alone compiles for a minute
+    parts = ("resampler", "vae")  # small inits: the tiny UNet's init as one program compiles for a minute
     sharded = xdyna.init_params(CFG, key, mesh, parts=parts)
     plain = xdyna.init_params(CFG, key, parts=parts)
+    jitted = {name: fn(xdyna._part_key(key, name)) for name, fn in xdyna._init_programs(CFG, mesh, parts).items()}
     shardings = xdyna.param_shardings(CFG, mesh)
     for part in parts:
-        for (path, a), b, want in zip(jax.tree_util.tree_leaves_with_path(sharded[part]),
-                                      jax.tree.leaves(plain[part]), jax.tree.leaves(shardings[part])):
+        assert jax.tree.structure(sharded[part]) == jax.tree.structure(jitted[part])
+        for (path, a), b, c, want in zip(jax.tree_util.tree_leaves_with_path(sharded[part]),
+                                         jax.tree.leaves(plain[part]), jax.tree.leaves(jitted[part]),
+                                         jax.tree.leaves(shardings[part])):
             assert a.sharding.is_equivalent_to(want, a.ndim), path
+            assert a.dtype == c.dtype and a.shape == c.shape, path
             np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+            np.testing.assert_allclose(np.asarray(a), np.asarray(c), rtol=2e-7, atol=1e-9, err_msg=str(path))
     kernel = sharded["vae"]["decoder"]["up_blocks_0"]["resnets_0"]["conv1"]["kernel"]
     assert kernel.addressable_shards[0].data.size * 4 == kernel.size  # split four ways: never whole on a device
 

@@ -273,7 +273,8 @@ def abstract_params(cfg: ModelsConfig, mesh=None, rules=None):
 
 
 def _init_programs(cfg: ModelsConfig, mesh=None, parts=None, rules=None) -> dict:
-    """{part: jitted init of that network, with ``out_shardings`` on ``mesh`` by ``rules``}."""
+    """{part: jitted init of that network, with ``out_shardings`` on ``mesh`` by ``rules``}: for shapes
+    (``init_params_shape``) and as the reference the leafwise ``init_params`` is tested against."""
     shardings = param_shardings(cfg, mesh, rules) if mesh is not None else {}
     return {name: jax.jit(functools.partial(_init_part, c), out_shardings=shardings.get(name))
             for name, c in cfg.parts().items() if parts is None or name in parts}
@@ -286,11 +287,16 @@ def _part_key(rng, name: str):
 def init_params(cfg: ModelsConfig, rng: jax.Array, mesh=None, parts=None, rules=None):
     """Fresh params of every network (or of ``parts``), created already sharded on ``mesh``.
 
-    Each network's init is one jitted program with ``out_shardings``, so at full size no host ever
-    holds a whole network. The key of a part is ``fold_in(rng, index in PARTS)``: adding or leaving
-    out a part never changes another part's values.
+    Each network's init is evaluated leaf by leaf (``leafwise_init``: minutes of XLA compile become seconds),
+    every param placed on its sharding as soon as it is drawn, so at full size no device ever holds a whole
+    network. The values equal one jitted ``module.init`` per network. The key of a part is
+    ``fold_in(rng, index in PARTS)``: adding or leaving out a part never changes another part's values.
     """
-    return {name: fn(_part_key(rng, name)) for name, fn in _init_programs(cfg, mesh, parts, rules).items()}
+    from .leafwise_init import init_leafwise
+
+    shardings = param_shardings(cfg, mesh, rules) if mesh is not None else {}
+    return {name: init_leafwise(_init_part, (c,), _part_key(rng, name), shardings.get(name))
+            for name, c in cfg.parts().items() if parts is None or name in parts}
 
 
 def init_params_shape(cfg: ModelsConfig, mesh=None, parts=None, rules=None):
