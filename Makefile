@@ -15,8 +15,7 @@ PYTEST_ARGS ?=
 # process (PYTEST_WORKERS=0, also for -x, -k and pdb).
 PYTEST_WORKERS ?= $(shell awk '/^MemTotal:/ {print ($$2 >= 20000000) ? 2 : 0}' /proc/meminfo 2>/dev/null || echo 0)
 SAMPLE_ARGS ?=
-# 8 fake CPU devices for the mesh tests; the fast-compile preset: most of a test's time is XLA:CPU's LLVM work
-TEST_XLA_FLAGS ?= --xla_force_host_platform_device_count=8 --xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE
+TEST_XLA_FLAGS ?= --xla_force_host_platform_device_count=8
 
 export PYTHONUNBUFFERED := 1
 

@@ -2,14 +2,12 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-# Must run before anything imports jax: XLA reads these once, at backend start-up. The preset trades generated
-# code speed for compile time (XLA:CPU's LLVM work is most of a test's time); `make test` passes the same flags.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
-                                   "--xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_COMPILE")
+# Must run before anything imports jax: XLA reads these once, at backend start-up.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -17,34 +15,60 @@ import pytest  # noqa: E402
 # Oracles compute in full float32; without this, CPU/TPU matmuls may use reduced precision.
 jax.config.update("jax_default_matmul_precision", "highest")
 
-# One XLA compilation cache per test session, shared by its pytest-xdist workers and the train.py / sample.py
-# processes tests start (XDYNA_JAX_CACHE, which those scripts read): many files compile the same micro networks'
-# programs (inits, train steps, samplers), and each file's programs are dropped when it ends
-# (_drop_compiled_programs). A cache hit skips XLA's compile only; tracing, lowering and every number are the
-# same. The controller makes the folder before the workers start (they inherit the variables) and removes it at
-# the end, so no session reads a user's cache or another session's; a folder given in XDYNA_TEST_JIT_CACHE
-# beforehand is used and kept.
+# One XLA compilation cache for the tests, shared by the pytest-xdist workers and by the train.py / sample.py
+# processes tests start (they read XDYNA_JAX_CACHE), kept between sessions: most of a test's time is XLA:CPU
+# compiling the micro networks' programs, and each file's in-memory programs are dropped when it ends
+# (_drop_compiled_programs). A hit skips XLA's compile only (the key is the program text, the flags and the jax
+# version); tracing, lowering and every number are the same. Its own folder (XDYNA_TEST_JIT_CACHE, default
+# ~/.cache/xdyna_jax/test-jit, at most 4 GB, least recently used evicted), so tests never read a user's training
+# cache; XDYNA_TEST_JIT_CACHE="" turns it off in the test processes.
 _JIT_CACHE_ENV = "XDYNA_TEST_JIT_CACHE"
-_OWN_JIT_CACHE: list = []
 
 
 def pytest_configure(config):
-    import tempfile
-
-    if _JIT_CACHE_ENV not in os.environ and not hasattr(config, "workerinput"):
-        os.environ[_JIT_CACHE_ENV] = tempfile.mkdtemp(prefix="xdyna-test-jit-")
-        _OWN_JIT_CACHE.append(os.environ[_JIT_CACHE_ENV])
-    if os.environ.get(_JIT_CACHE_ENV):
-        os.environ["XDYNA_JAX_CACHE"] = os.environ[_JIT_CACHE_ENV]
-        jax.config.update("jax_compilation_cache_dir", os.environ[_JIT_CACHE_ENV])
+    path = os.environ.setdefault(_JIT_CACHE_ENV, str(Path.home() / ".cache" / "xdyna_jax" / "test-jit"))
+    if path:
+        os.environ["XDYNA_JAX_CACHE"] = path
+        jax.config.update("jax_compilation_cache_dir", path)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+        jax.config.update("jax_compilation_cache_max_size", 4 << 30)
 
 
-def pytest_unconfigure(config):
-    import shutil
+# What XLA compiled in the test processes (not the subprocesses tests start), summed over pytest-xdist workers and
+# printed at the end: a suite that grows slow shows where (compiles vs cache hits) without a profiler.
+_JIT_STATS = {"compiles": 0, "compile_s": 0.0, "cache_hits": 0}
 
-    for path in _OWN_JIT_CACHE:
-        shutil.rmtree(path, ignore_errors=True)
+
+def _count_jit_event(event: str, **_):
+    if event == "/jax/compilation_cache/cache_hits":
+        _JIT_STATS["cache_hits"] += 1
+
+
+def _count_jit_duration(event: str, seconds: float, **_):
+    if event == "/jax/core/compile/backend_compile_duration":
+        _JIT_STATS["compiles"] += 1
+        _JIT_STATS["compile_s"] += seconds
+
+
+jax.monitoring.register_event_listener(_count_jit_event)
+jax.monitoring.register_event_duration_secs_listener(_count_jit_duration)
+
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: hand the counts to the controller
+        session.config.workeroutput["xdyna_jit_stats"] = dict(_JIT_STATS)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    for k, v in getattr(node, "workeroutput", {}).get("xdyna_jit_stats", {}).items():
+        _JIT_STATS[k] += v
+
+
+def pytest_terminal_summary(terminalreporter):
+    s = _JIT_STATS
+    terminalreporter.write_line(f"XLA in the test processes: {s['compiles']} programs built in {s['compile_s']:.0f} s, "
+                                f"{s['cache_hits']} of them loaded from the tests' compile cache")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / "shared"

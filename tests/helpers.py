@@ -15,8 +15,8 @@ CONFIGS = REPO_ROOT / "configs"
 
 def cpu_env(devices: int | None = 1, **extra) -> dict:
     """The environment of a subprocess test: this session's, with JAX on ``devices`` CPU devices (None: XLA_FLAGS
-    without a device count, for a child that sets its own) and this session's other XLA flags kept (conftest:
-    the compile-speed preset), its compile cache shared through XDYNA_JAX_CACHE (conftest), plus ``extra``."""
+    without a device count, for a child that sets its own) and the session's other XLA flags kept, the tests'
+    compile cache shared through XDYNA_JAX_CACHE (conftest), plus ``extra``."""
     flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", "")).split()
     if devices is not None:
         flags.insert(0, f"--xla_force_host_platform_device_count={devices}")
