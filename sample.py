@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     from xdyna_jax.sampling import run
     from xdyna_jax.sharding import make_mesh
 
-    # compiled programs persist between runs (the tiny networks' init alone compiles for a minute on 2 cores)
+    # compiled programs persist between runs (the sampler's programs compile for minutes on 2 cores)
     jax.config.update("jax_compilation_cache_dir",
                       os.environ.get("XDYNA_JAX_CACHE", os.path.expanduser("~/.cache/xdyna_jax/jit")))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

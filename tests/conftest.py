@@ -20,8 +20,9 @@ jax.config.update("jax_default_matmul_precision", "highest")
 # compiling the micro networks' programs, and each file's in-memory programs are dropped when it ends
 # (_drop_compiled_programs). A hit skips XLA's compile only (the key is the program text, the flags and the jax
 # version); tracing, lowering and every number are the same. Its own folder (XDYNA_TEST_JIT_CACHE, default
-# ~/.cache/xdyna_jax/test-jit, at most 4 GB, least recently used evicted), so tests never read a user's training
-# cache; XDYNA_TEST_JIT_CACHE="" turns it off in the test processes.
+# ~/.cache/xdyna_jax/test-jit; delete it to start cold), so tests never read a user's training cache;
+# XDYNA_TEST_JIT_CACHE="" turns it off in the test processes. No size limit: jax's LRU eviction raced between
+# the concurrent test processes (warnings about vanished files).
 _JIT_CACHE_ENV = "XDYNA_TEST_JIT_CACHE"
 
 
@@ -31,7 +32,6 @@ def pytest_configure(config):
         os.environ["XDYNA_JAX_CACHE"] = path
         jax.config.update("jax_compilation_cache_dir", path)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
-        jax.config.update("jax_compilation_cache_max_size", 4 << 30)
 
 
 # What XLA compiled in the test processes (not the subprocesses tests start), summed over pytest-xdist workers and

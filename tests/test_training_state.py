@@ -25,7 +25,7 @@ def shapes():
 @functools.lru_cache(maxsize=None)
 def _init_part(name):
     """The tiny models' own init of network ``name`` (key 0) as numpy, made once: each ``xdyna.init_params`` call
-    jits its init programs anew. A part's key is fold_in(key, its index): the values do not depend on the
+    evaluates its init anew. A part's key is fold_in(key, its index): the values do not depend on the
     other parts asked for."""
     return jax.tree.map(np.asarray, xdyna.init_params(tiny_models_config(), jax.random.key(0), parts=[name])[name])
 
