@@ -6,8 +6,10 @@ UNet (2 cores, jax 0.10.2), before any step runs. Here the init is traced once (
 runs on example inputs is dropped (only what the params depend on is kept), and the rest is evaluated eagerly:
 each distinct (primitive, shape) compiles once and is reused (the tiny UNet's draws have 33 shapes), about 12 s.
 
-The values are the jitted init's, bit for bit: the same primitives on the same keys, and threefry draws do not
-depend on where they run (tests/test_xdyna_model.py compares the two). Memory: a leaf is moved onto its sharding
+The values are the jitted init's to an ulp (the same primitives on the same keys; the one program may fuse a
+multiply-add that runs here as two roundings), and the same on every mesh: threefry draws do not depend on where
+they run (tests/test_xdyna_model.py compares the two). The multi-process placement (``_place`` with shards on
+other hosts) is not exercised by any test. Memory: a leaf is moved onto its sharding
 (``shardings``, a pytree like the params) as soon as it is made and the values it came from are dropped after
 their last use, so one device holds the param being drawn plus what it already placed.
 """
