@@ -10,12 +10,17 @@ DEPS   := setup.cfg pyproject.toml
 
 PYTEST_ARGS ?=
 # pytest-xdist workers, one test file per worker at a time (--dist loadfile: a file's module fixtures are built
-# once). XLA compiles on one thread, so 2 workers overlap one test's compile with another's run on 2 cores.
+# once), handed out in collection order (--no-loadscope-reorder; conftest.py puts the longest files first).
+# XLA compiles on one thread, so 2 workers overlap one test's compile with another's run on 2 cores.
 # Two workers peaked at about 16 GB in use on a 23 GB machine, so a machine under 20 GB runs them in this
 # process (PYTEST_WORKERS=0, also for -x, -k and pdb).
 PYTEST_WORKERS ?= $(shell awk '/^MemTotal:/ {print ($$2 >= 20000000) ? 2 : 0}' /proc/meminfo 2>/dev/null || echo 0)
 SAMPLE_ARGS ?=
-TEST_XLA_FLAGS ?= --xla_force_host_platform_device_count=8
+# 8 fake CPU devices; no YNNPACK library fusions (XLA:CPU's default turns dots and convolutions into YNN thunks):
+# loading a cached executable rebuilds each YNN thunk with a search over the whole module, so the tiny
+# networks' cached train step took 113 s to load with them and 58 s without (its compile: ~140 s either way;
+# a sample of test files compiled and ran in the same time with and without)
+TEST_XLA_FLAGS ?= --xla_force_host_platform_device_count=8 --xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INVALID
 
 export PYTHONUNBUFFERED := 1
 
@@ -33,8 +38,8 @@ sample: $(VENV)/.installed-sample
 
 # pytest's exit code 5 (no tests collected) fails like any other; make itself then exits 2.
 test: $(VENV)/.installed-test
-	@echo 'XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS)'
-	@rc=0; XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15 $(PYTEST_ARGS) || rc=$$?; \
+	@echo 'XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS)'
+	@rc=0; XLA_FLAGS="$(TEST_XLA_FLAGS)" $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15 $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: FAILED: pytest collected no tests (exit code 5)" >&2; fi; \
 	exit $$rc
 

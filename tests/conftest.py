@@ -5,7 +5,9 @@ import os
 from pathlib import Path
 
 # Must run before anything imports jax: XLA reads these once, at backend start-up.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# (the Makefile's TEST_XLA_FLAGS says why no YNN fusions)
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                                   "--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INVALID")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
@@ -37,6 +39,8 @@ def pytest_configure(config):
 # What XLA compiled in the test processes (not the subprocesses tests start), summed over pytest-xdist workers and
 # printed at the end: a suite that grows slow shows where (compiles vs cache hits) without a profiler.
 _JIT_STATS = {"compiles": 0, "compile_s": 0.0, "cache_hits": 0}
+_JIT_BY_FILE: dict[str, float] = {}  # compile seconds per test file (module fixtures included)
+_CURRENT_FILE = ["(collection)"]
 
 
 def _count_jit_event(event: str, **_):
@@ -48,27 +52,57 @@ def _count_jit_duration(event: str, seconds: float, **_):
     if event == "/jax/core/compile/backend_compile_duration":
         _JIT_STATS["compiles"] += 1
         _JIT_STATS["compile_s"] += seconds
+        _JIT_BY_FILE[_CURRENT_FILE[0]] = _JIT_BY_FILE.get(_CURRENT_FILE[0], 0.0) + seconds
 
 
 jax.monitoring.register_event_listener(_count_jit_event)
 jax.monitoring.register_event_duration_secs_listener(_count_jit_duration)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    _CURRENT_FILE[0] = item.nodeid.split("::")[0]
+    return (yield)
+
+
 def pytest_sessionfinish(session):
     if hasattr(session.config, "workeroutput"):  # a pytest-xdist worker: hand the counts to the controller
         session.config.workeroutput["xdyna_jit_stats"] = dict(_JIT_STATS)
+        session.config.workeroutput["xdyna_jit_by_file"] = dict(_JIT_BY_FILE)
 
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_testnodedown(node, error):
     for k, v in getattr(node, "workeroutput", {}).get("xdyna_jit_stats", {}).items():
         _JIT_STATS[k] += v
+    for k, v in getattr(node, "workeroutput", {}).get("xdyna_jit_by_file", {}).items():
+        _JIT_BY_FILE[k] = _JIT_BY_FILE.get(k, 0.0) + v
 
 
 def pytest_terminal_summary(terminalreporter):
     s = _JIT_STATS
     terminalreporter.write_line(f"XLA in the test processes: {s['compiles']} programs built in {s['compile_s']:.0f} s, "
                                 f"{s['cache_hits']} of them loaded from the tests' compile cache")
+    top = sorted(_JIT_BY_FILE.items(), key=lambda kv: -kv[1])[:8]
+    if top:
+        terminalreporter.write_line("  most compile time: " + ", ".join(f"{k} {v:.0f} s" for k, v in top))
+
+# The files that take minutes (cold compile cache, 2 cores), longest first. `make test` runs pytest-xdist with
+# --dist loadfile --no-loadscope-reorder, which hands whole files to the workers in collection order: started
+# first, a long file runs beside many short ones instead of alone at the end (xdist's own order, by test count,
+# started the one-test default train.py run last). Files not listed keep pytest's order, after these.
+SLOW_FILES_FIRST = (
+    "test_training_mesh.py", "test_training_cli_default.py", "test_training_cli.py", "test_xdyna_model.py",
+    "test_sampling_pipeline.py", "test_remat.py", "test_attention_backends.py", "test_parity_diffusers.py",
+    "test_training_run.py", "test_sharding.py", "test_parity_official.py", "test_blockwise_attention.py",
+    "test_porting_verify.py", "test_sample_cli.py", "test_tiny_world.py", "test_training_state.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
+
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / "shared"

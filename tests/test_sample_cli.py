@@ -40,7 +40,7 @@ def _image(path):
 def _bundle(path, face=True):
     from xdyna_jax.porting.bundle import save_bundle
 
-    # the micro networks (two-level UNet and ControlNets): the CLI end to end, not the networks, is the subject here
+    # the micro networks (one-level UNet and ControlNets): the CLI end to end, not the networks, is the subject here
     micro = {k: v for k, v in MICRO_NETS.items() if face or not k.startswith("face_controlnet.")}
     cfg = tiny_models_config(**micro) if face else tiny_models_config(face_controlnet="null", **micro)
     save_bundle(path, random_tree(xdyna.param_shapes(cfg), seed=5), cfg, "random test weights")

@@ -64,7 +64,7 @@ EPS_SCALE = 0.01
 
 @pytest.fixture(scope="module")
 def models():
-    # the two-level networks of helpers.MICRO_NETS: the sampler's loop, not the networks' depth, is under test
+    # the one-level networks of helpers.MICRO_NETS: the sampler's loop, not the networks' depth, is under test
     # here, and each sampler program (one per setting below) compiled for minutes with tiny.yaml's four levels
     micro = [f"{k}={v}" for k, v in MICRO_NETS.items()]
     return config_lib.load(xdyna.ModelsConfig, ROOT / "configs" / "tiny.yaml", overrides=[*micro, *GROUPS])
