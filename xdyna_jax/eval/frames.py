@@ -58,11 +58,14 @@ def _frame_fn():
             return sum(t * z[..., :, k:k + w, :] for k, t in enumerate(taps))
 
         def scores(a, b):
-            d = (a.astype(jnp.float32) - b.astype(jnp.float32)) / 255.0  # exactly 0 for identical pixels
+            # integer differences summed per row exactly (0 for identical pixels); only a frame's H row totals are
+            # summed in float32: a float32 mean over all pixels drifted by 4e-6 on XLA:CPU's loop reductions
+            d = a.astype(jnp.int32) - b.astype(jnp.int32)
+            n = 255.0 * d[0].size
+            l1 = jnp.abs(d).sum((2, 3)).astype(jnp.float32).sum(1) / n
+            mse = jnp.square(d).sum((2, 3)).astype(jnp.float32).sum(1) / (255.0 * n)
             a = a.astype(jnp.float32) / 255.0
             b = b.astype(jnp.float32) / 255.0
-            l1 = jnp.abs(d).mean((1, 2, 3))
-            mse = jnp.square(d).mean((1, 2, 3))
             psnr = jnp.minimum(-10.0 * jnp.log10(jnp.maximum(mse, 1e-30)), PSNR_CAP)
             return l1, psnr, pix.ssim(a, b, max_val=1.0, filter_fn=blur)
 
