@@ -53,7 +53,12 @@ def test_buffer_assignment_dump_gives_memory_analysis(tmp_path):
 
     w = jax.ShapeDtypeStruct((256, 256), jnp.float32, sharding=NamedSharding(mesh, P("fsdp")))
     x = jax.ShapeDtypeStruct((64, 256), jnp.float32, sharding=NamedSharding(mesh, P(("data", "fsdp"))))
-    compiled = jax.jit(step, donate_argnums=0).lower(w, x).compile({"xla_dump_to": str(tmp_path)})
+    # a real compile (the tests' persistent cache would load a warm run's program and dump nothing)
+    jax.config.update("jax_enable_compilation_cache", False)
+    try:
+        compiled = jax.jit(step, donate_argnums=0).lower(w, x).compile({"xla_dump_to": str(tmp_path)})
+    finally:
+        jax.config.update("jax_enable_compilation_cache", True)
     (dump,) = tmp_path.glob("*jit_step*cpu_after_optimizations-buffer-assignment.txt")
     parsed, ref = common.assignment_memory(dump), common.memory(compiled)
     assert parsed == ref and ref["alias"] > 0 and ref["temp"] > 0
