@@ -87,6 +87,7 @@ def pytest_terminal_summary(terminalreporter):
     if top:
         terminalreporter.write_line("  most compile time: " + ", ".join(f"{k} {v:.0f} s" for k, v in top))
 
+
 # The files that take minutes (cold compile cache, 2 cores), longest first. `make test` runs pytest-xdist with
 # --dist loadfile --no-loadscope-reorder, which hands whole files to the workers in collection order: started
 # first, a long file runs beside many short ones instead of alone at the end (xdist's own order, by test count,
@@ -102,7 +103,6 @@ SLOW_FILES_FIRST = (
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(SLOW_FILES_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's tests keep their order
-
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DIR = REPO_ROOT.parent / "shared"

@@ -58,12 +58,13 @@ def _frame_fn():
             return sum(t * z[..., :, k:k + w, :] for k, t in enumerate(taps))
 
         def scores(a, b):
-            # integer differences summed per row exactly (0 for identical pixels); only a frame's H row totals are
-            # summed in float32: a float32 mean over all pixels drifted by 4e-6 on XLA:CPU's loop reductions
+            # integer differences summed per row exactly (0 for identical pixels; int32 holds a row of squares up to
+            # ~11,000 pixels wide); only a frame's H row totals are summed in float32: a float32 mean over all
+            # pixels drifted by 4e-6 on XLA:CPU's loop reductions
             d = a.astype(jnp.int32) - b.astype(jnp.int32)
-            n = 255.0 * d[0].size
-            l1 = jnp.abs(d).sum((2, 3)).astype(jnp.float32).sum(1) / n
-            mse = jnp.square(d).sum((2, 3)).astype(jnp.float32).sum(1) / (255.0 * n)
+            count = d[0].size
+            l1 = jnp.abs(d).sum((2, 3)).astype(jnp.float32).sum(1) / (255.0 * count)
+            mse = jnp.square(d).sum((2, 3)).astype(jnp.float32).sum(1) / (255.0 ** 2 * count)
             a = a.astype(jnp.float32) / 255.0
             b = b.astype(jnp.float32) / 255.0
             psnr = jnp.minimum(-10.0 * jnp.log10(jnp.maximum(mse, 1e-30)), PSNR_CAP)
